@@ -73,8 +73,12 @@ class Task:
         )
 
     @torch.no_grad()
-    def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, float]:
-        """Task-specific evaluation numbers for one batch (means over scored positions)."""
+    def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+        """Task-specific evaluation numbers for one batch as ``name -> (sum, count)``.
+
+        Sums and counts (not means) so that the evaluation loop can pool batches exactly:
+        the reported value is ``sum(sums) / sum(counts)``.
+        """
         scored = batch.targets != IGNORE_INDEX
         correct = (logits.argmax(-1) == batch.targets) & scored
-        return {"accuracy": (correct.sum() / scored.sum().clamp(min=1)).item()}
+        return {"accuracy": (correct.sum().item(), int(scored.sum()))}
