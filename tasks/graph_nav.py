@@ -95,26 +95,30 @@ class SquareGrid:
         return torch.stack(nodes, 1), torch.stack(actions, 1)
 
 
-def link_inference_flags(nodes: torch.Tensor, actions: torch.Tensor, n_nodes: int, n_actions: int):
+def link_inference_flags(nodes: torch.Tensor, n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Which moves can be predicted only by inference over the graph's structure.
 
-    nodes [batch, T + 1], actions [batch, T] -> (zero_shot, visited_before), both [batch, T]:
-    ``visited_before[b, t]``: the node reached by move t was seen before (memory suffices
-    if the same edge was taken before); ``zero_shot[b, t]``: it was seen before but the
-    edge (node_t, action_t) was never taken, and the move goes somewhere (not "stay").
+    nodes [batch, T + 1] -> (zero_shot, visited_before), both [batch, T]:
+    ``visited_before[b, t]``: the node reached by move t was seen before;
+    ``zero_shot[b, t]``: it was seen before, but the edge between node_t and node_{t+1}
+    was never traversed in either direction, and the move goes somewhere (not "stay").
+    Edges count as undirected so that backtracking (east then west), which needs only the
+    inverse of the last action, is not mistaken for link inference: a zero-shot move
+    closes a loop and can be predicted only by integrating the path (Whittington 2020).
     """
-    batch, n_moves = actions.shape
+    batch, n_moves = nodes.shape[0], nodes.shape[1] - 1
     rows = torch.arange(batch)
     visited = torch.zeros(batch, n_nodes, dtype=torch.bool)
-    taken = torch.zeros(batch, n_nodes, n_actions, dtype=torch.bool)
+    traversed = torch.zeros(batch, n_nodes, n_nodes, dtype=torch.bool)
     visited[rows, nodes[:, 0]] = True
     zero_shot = torch.zeros(batch, n_moves, dtype=torch.bool)
     seen = torch.zeros(batch, n_moves, dtype=torch.bool)
     for t in range(n_moves):
-        src, act, dst = nodes[:, t], actions[:, t], nodes[:, t + 1]
+        src, dst = nodes[:, t], nodes[:, t + 1]
         seen[:, t] = visited[rows, dst]
-        zero_shot[:, t] = seen[:, t] & ~taken[rows, src, act] & (dst != src)
-        taken[rows, src, act] = True
+        zero_shot[:, t] = seen[:, t] & ~traversed[rows, src, dst] & (dst != src)
+        traversed[rows, src, dst] = True
+        traversed[rows, dst, src] = True
         visited[rows, dst] = True
     return zero_shot, seen
 
@@ -146,7 +150,7 @@ class GraphNavTask(Task):
         symbols = torch.randint(c.n_symbols, (batch_size, g.n_nodes), generator=generator)
         env_id = torch.randint(2**62, (batch_size,), generator=generator)
         obs = symbols.gather(1, nodes)  # [B, T+1]
-        zero_shot, seen = link_inference_flags(nodes, actions, g.n_nodes, g.n_actions)
+        zero_shot, seen = link_inference_flags(nodes, g.n_nodes)
 
         def interleave(on_obs: torch.Tensor, on_act: torch.Tensor) -> torch.Tensor:
             return torch.stack([on_obs, on_act], dim=2).flatten(1, 2)  # [B, 2T, ...]
