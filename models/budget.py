@@ -1,0 +1,41 @@
+"""Size models to a common parameter budget so architecture comparisons are fair."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from models.registry import build_model, count_parameters
+
+
+def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
+    """Return ``config`` with ``d_model`` chosen so the model has ``budget`` parameters.
+
+    Every other field is kept (an explicit ``d_mlp`` keeps its ratio to ``d_model``). ``d_model`` moves in steps of ``n_heads`` for models that
+    have heads. Raises ValueError when no width lands within ``tolerance`` (relative).
+    """
+    step = getattr(config, "n_heads", 1)
+
+    def resized(d_model: int):
+        fields = {"d_model": d_model}
+        if getattr(config, "d_mlp", None) is not None:  # keep the MLP's width ratio
+            fields["d_mlp"] = max(1, round(config.d_mlp * d_model / config.d_model))
+        return dataclasses.replace(config, **fields)
+
+    def size(d_model: int) -> int:
+        return count_parameters(build_model(name, resized(d_model)))
+
+    lo, hi = 1, 1
+    while size(hi * step) < budget:  # parameters grow monotonically with width
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid * step) < budget else (lo, mid)
+    best = min((lo * step, hi * step), key=lambda d: abs(size(d) - budget))
+    n_params = size(best)
+    if abs(n_params - budget) > tolerance * budget:
+        raise ValueError(
+            f"{name}: no d_model gives {budget} parameters within {tolerance:.0%} "
+            f"(closest: d_model={best} with {n_params}); change n_layers or the budget"
+        )
+    return resized(best)
