@@ -29,7 +29,9 @@ def model_config(name: str, fields: dict[str, Any] | None = None):
     valid = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - valid)
     if unknown:
-        raise ValueError(f"unknown model {name!r} config field(s) {unknown}; valid: {sorted(valid)}")
+        raise ValueError(
+            f"unknown model {name!r} config field(s) {unknown}; valid: {sorted(valid)}"
+        )
     return config_cls(**fields)
 
 

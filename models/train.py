@@ -54,7 +54,7 @@ def resolve_run(preset: Preset, model: str, seed: int) -> dict:
         config = dataclasses.replace(config, n_ctx=task.seq_len)
     if preset.param_budget:
         config = fit_to_budget(model, config, preset.param_budget)
-    return {
+    run = {
         "experiment": preset.experiment,
         "task": preset.task,
         "task_config": dataclasses.asdict(task.config),
@@ -64,11 +64,14 @@ def resolve_run(preset: Preset, model: str, seed: int) -> dict:
         "seed": seed,
         "train": dataclasses.asdict(preset.train),
     }
+    return json.loads(json.dumps(run))  # exactly what config.json will hold
 
 
 def build_run(run: dict) -> tuple[Task, torch.nn.Module]:
     """Task and freshly initialised model of a resolved run config."""
-    return build_task(run["task"], run["task_config"]), build_model(run["model"], run["model_config"])
+    return build_task(run["task"], run["task_config"]), build_model(
+        run["model"], run["model_config"]
+    )
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -106,13 +109,18 @@ def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[
     return {name: total / count if count else float("nan") for name, (total, count) in sums.items()}
 
 
-def train(run: dict, out_dir: Path, resume: bool = False, stop_at: int | None = None,
-          progress: bool = True) -> dict:
+def train(
+    run: dict,
+    out_dir: Path,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train one run into ``out_dir``; return its summary.
 
     resume:  continue from ``out_dir/checkpoint.safetensors`` if there is one. Without it
              an existing checkpoint is an error (nothing is overwritten).
-    stop_at: stop after this step without a final checkpoint (simulates a killed run).
+    stop_at: stop after this step, as if killed (only checkpoints already due are written).
     """
     out_dir = Path(out_dir)
     config = TrainConfig(**run["train"])
@@ -130,8 +138,10 @@ def train(run: dict, out_dir: Path, resume: bool = False, stop_at: int | None = 
         saved = json.loads((out_dir / "config.json").read_text())
         if saved != run:
             changed = sorted(k for k in run if saved.get(k) != run[k])
-            raise ValueError(f"{out_dir}/config.json differs from this run in {changed}; "
-                             "use another experiment name or delete the run")
+            raise ValueError(
+                f"{out_dir}/config.json differs from this run in {changed}; "
+                "use another experiment name or delete the run"
+            )
         start = load_checkpoint(ckpt_path, model, optimizer, expect_meta=identity)
         _truncate_metrics(metrics_path, start)
     else:
@@ -140,11 +150,18 @@ def train(run: dict, out_dir: Path, resume: bool = False, stop_at: int | None = 
 
     n_params = count_parameters(model)
     log = metrics_path.open("a")
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
-               desc=f"{run['model']}/{run['task']}/seed{run['seed']}", disable=not progress)
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc=f"{run['model']}/{run['task']}/seed{run['seed']}",
+        disable=not progress,
+    )
     running, began, tokens = [], time.perf_counter(), 0
     for step in bar:
-        batch = task.sample(config.batch_size, generator(run["seed"], TRAIN_STREAM, step)).to(device)
+        batch = task.sample(config.batch_size, generator(run["seed"], TRAIN_STREAM, step)).to(
+            device
+        )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = task.loss(model(batch.inputs), batch)
@@ -161,8 +178,11 @@ def train(run: dict, out_dir: Path, resume: bool = False, stop_at: int | None = 
         tokens += batch.inputs.shape[0] * batch.inputs.shape[1]
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            record = {"step": done, "train_loss": sum(running) / len(running),
-                      "lr": learning_rate(step, config)}
+            record = {
+                "step": done,
+                "train_loss": sum(running) / len(running),
+                "lr": learning_rate(step, config),
+            }
             bar.set_postfix(loss=f"{record['train_loss']:.3f}")
             running = []
             if done % config.eval_every == 0 or done == config.steps:
@@ -170,16 +190,22 @@ def train(run: dict, out_dir: Path, resume: bool = False, stop_at: int | None = 
                 record.update({f"eval_{k}": v for k, v in evaluation.items()})
             log.write(json.dumps(record) + "\n")
             log.flush()
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(ckpt_path, model, optimizer, done, identity)
         if stop_at is not None and done >= stop_at:
             log.close()
             return {}
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(ckpt_path, model, optimizer, done, identity)
     log.close()
     elapsed = time.perf_counter() - began
-    summary = {**identity, "n_params": n_params, "steps": config.steps,
-               "train_seconds": elapsed, "tokens_per_second": tokens / elapsed if elapsed else None,
-               "final": evaluate(model, task, run["seed"], config, device), "device": str(device)}
+    summary = {
+        **identity,
+        "n_params": n_params,
+        "steps": config.steps,
+        "train_seconds": elapsed,
+        "tokens_per_second": tokens / elapsed if elapsed else None,
+        "final": evaluate(model, task, run["seed"], config, device),
+        "device": str(device),
+    }
     atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
     return summary
 
@@ -198,8 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", help="model(s) to train (default: preset's)")
     parser.add_argument("--task", help="task to train on (default: preset's)")
     parser.add_argument("--seed", type=int, action="append", help="seed(s) (default: preset's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset field, e.g. train.steps=100")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset field, e.g. train.steps=100",
+    )
     parser.add_argument("--resume", action="store_true", help="continue existing runs")
     args = parser.parse_args(argv)
     overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])
@@ -209,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
             run = resolve_run(preset, model, seed)
             summary = train(run, preset.run_dir(model, seed), resume=args.resume)
             final = ", ".join(f"{k}={v:.3f}" for k, v in summary["final"].items())
-            print(f"{model} seed{seed}: {summary['n_params']} params, "
-                  f"{summary['train_seconds']:.0f}s, {final}")
+            print(
+                f"{model} seed{seed}: {summary['n_params']} params, "
+                f"{summary['train_seconds']:.0f}s, {final}"
+            )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def model_activations(model, batch: Batch, hooks: list[str]) -> dict[str, torch.
     return {h: cache[h].float().cpu() for h in hooks}
 
 
-def iterate_batches(task: Task, n_sequences: int, batch_size: int, generator_for) -> Iterator[Batch]:
+def iterate_batches(
+    task: Task, n_sequences: int, batch_size: int, generator_for
+) -> Iterator[Batch]:
     """``n_sequences`` sequences in batches; ``generator_for(index)`` seeds batch ``index``."""
     for index, start in enumerate(range(0, n_sequences, batch_size)):
         yield task.sample(min(batch_size, n_sequences - start), generator_for(index))
@@ -72,8 +74,14 @@ class ActivationStore:
         return torch.cat(acts), {k: torch.cat(v) for k, v in lats.items()}
 
 
-def cache_activations(model, batches: Iterator[Batch], hooks: list[str], out_dir: Path,
-                      device: torch.device, progress: bool = True) -> ActivationStore:
+def cache_activations(
+    model,
+    batches: Iterator[Batch],
+    hooks: list[str],
+    out_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> ActivationStore:
     """Run ``model`` over ``batches`` and write the store to ``out_dir`` (replacing it)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -90,8 +98,12 @@ def cache_activations(model, batches: Iterator[Batch], hooks: list[str], out_dir
         latent_names = sorted(batch.latents)
         n_shards += 1
         n_sequences += batch.batch_size
-    index = {"hooks": hooks, "latents": latent_names, "n_shards": n_shards,
-             "n_sequences": n_sequences}
+    index = {
+        "hooks": hooks,
+        "latents": latent_names,
+        "n_shards": n_shards,
+        "n_sequences": n_sequences,
+    }
     (tmp / "index.json").write_text(json.dumps(index, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

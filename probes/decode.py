@@ -14,8 +14,9 @@ Acts = dict[str, torch.Tensor]  # hook -> [batch, pos, d]
 Latents = dict[str, torch.Tensor]  # name -> [batch, pos, ...]
 
 
-def decode_layers(batches: Iterable[tuple[Acts, Latents]], hooks: list[str],
-                  config: ProbeConfig) -> dict[str, ProbeResult]:
+def decode_layers(
+    batches: Iterable[tuple[Acts, Latents]], hooks: list[str], config: ProbeConfig
+) -> dict[str, ProbeResult]:
     """Ridge-decode ``config.latent`` from each hook, at the positions where the boolean
     latent ``config.token_filter`` holds. Environments (``env_id``, else each sequence) are
     the unit of cross-validation and of the held-out test split."""

@@ -36,7 +36,10 @@ class RidgeStats:
     def __post_init__(self):
         f64 = torch.float64
         self.sx, self.sy = torch.zeros(self.d, dtype=f64), torch.zeros(self.k, dtype=f64)
-        self.xx, self.xy = torch.zeros(self.d, self.d, dtype=f64), torch.zeros(self.d, self.k, dtype=f64)
+        self.xx, self.xy = (
+            torch.zeros(self.d, self.d, dtype=f64),
+            torch.zeros(self.d, self.k, dtype=f64),
+        )
         self.yy = torch.zeros(self.k, dtype=f64)
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -69,8 +72,13 @@ def fit(stats: RidgeStats, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 def r2(stats: RidgeStats, w: torch.Tensor, b: torch.Tensor) -> float:
     """Pooled R² = 1 - ΣSSE / ΣSST over outputs, of ŷ = xW + b on the data in ``stats``."""
-    sse = (stats.yy - 2 * ((w * stats.xy).sum(0) + b * stats.sy)
-           + ((stats.xx @ w) * w).sum(0) + 2 * b * (stats.sx @ w) + stats.n * b * b)
+    sse = (
+        stats.yy
+        - 2 * ((w * stats.xy).sum(0) + b * stats.sy)
+        + ((stats.xx @ w) * w).sum(0)
+        + 2 * b * (stats.sx @ w)
+        + stats.n * b * b
+    )
     sst = stats.yy - stats.sy**2 / stats.n
     return float(1 - sse.sum() / sst.sum())
 

@@ -29,30 +29,45 @@ def probe_run(run_dir: Path, config: ProbeConfig, progress: bool = True) -> dict
     run = json.loads(config_path.read_text())
     device = resolve_device(run["train"]["device"])
     task, model = build_run(run)
-    load_checkpoint(run_dir / "checkpoint.safetensors", model,
-                    expect_meta={"model": run["model"], "task": run["task"], "seed": run["seed"]})
+    load_checkpoint(
+        run_dir / "checkpoint.safetensors",
+        model,
+        expect_meta={"model": run["model"], "task": run["task"], "seed": run["seed"]},
+    )
     model.to(device)
     hooks = layer_hooks(run["model_config"]["n_layers"])
 
     def batches():
-        return iterate_batches(task, config.n_sequences, config.batch_size,
-                               lambda i: generator(run["seed"], PROBE_STREAM, i))
+        return iterate_batches(
+            task,
+            config.n_sequences,
+            config.batch_size,
+            lambda i: generator(run["seed"], PROBE_STREAM, i),
+        )
 
     store = cache_activations(model, batches(), hooks, run_dir / "activations", device, progress)
     trained = decode_layers(
         ((shard_acts(shard, hooks), shard_latents(shard)) for shard in store.shards()),
-        hooks, config)
+        hooks,
+        config,
+    )
     untrained_model = build_run(run)[1].to(device).eval()
     untrained = decode_layers(
         ((model_activations(untrained_model, b.to(device), hooks), b.latents) for b in batches()),
-        hooks, config)
+        hooks,
+        config,
+    )
     result = {
         "latent": config.latent,
         "token_filter": config.token_filter,
         "probe_config": dataclasses.asdict(config),
         "layers": [
-            {"hook": hook, "depth": depth, **dataclasses.asdict(trained[hook]),
-             "r2_test_untrained": untrained[hook].r2_test}
+            {
+                "hook": hook,
+                "depth": depth,
+                **dataclasses.asdict(trained[hook]),
+                "r2_test_untrained": untrained[hook].r2_test,
+            }
             for depth, hook in enumerate(hooks)
         ],
     }
@@ -65,7 +80,7 @@ def shard_acts(shard, hooks):
 
 
 def shard_latents(shard):
-    return {k[len("latent/"):]: v for k, v in shard.items() if k.startswith("latent/")}
+    return {k[len("latent/") :]: v for k, v in shard.items() if k.startswith("latent/")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.config import load_preset
+from models.registry import build_model
+from models.train import resolve_run, train
+
+SMOKE = [
+    "train.steps=8",
+    "train.checkpoint_every=4",
+    "train.log_every=2",
+    "train.eval_every=4",
+    "train.eval_batches=1",
+    "train.batch_size=4",
+    "param_budget=None",
+    "model.transformer.d_model=16",
+    "model.lstm.d_model=16",
+    "tasks.graph_nav.n_steps=8",
+]
+
+
+def smoke_run(model="lstm", extra=()):
+    preset = load_preset("smoke", SMOKE + list(extra))
+    return resolve_run(preset, model, seed=0)
+
+
+def weights(run_dir, run):
+    model = build_model(run["model"], run["model_config"])
+    load_checkpoint(run_dir / "checkpoint.safetensors", model)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("model", ["transformer", "lstm"])
+def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, model):
+    run = smoke_run(model)
+    train(run, tmp_path / "straight", progress=False)
+    train(run, tmp_path / "resumed", stop_at=6, progress=False)  # killed after step 6
+    train(run, tmp_path / "resumed", resume=True, progress=False)  # restarts from step 4
+    straight, resumed = weights(tmp_path / "straight", run), weights(tmp_path / "resumed", run)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    lines = [json.loads(x) for x in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4, 6, 8]  # lines after the checkpoint rewritten
+
+
+def test_run_writes_config_metrics_and_summary(tmp_path):
+    run = smoke_run()
+    summary = train(run, tmp_path, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text()) == run
+    assert {"accuracy", "zero_shot_accuracy", "loss"} <= set(summary["final"])
+    evals = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "eval_zero_shot_accuracy" in evals[-1]
+
+
+def test_existing_run_is_never_overwritten_without_resume(tmp_path):
+    run = smoke_run()
+    train(run, tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(run, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_corrupt_checkpoint_names_the_file_and_is_left_alone(tmp_path):
+    run = smoke_run()
+    train(run, tmp_path, stop_at=4, progress=False)
+    ckpt = tmp_path / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    corrupt = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors"):
+        train(run, tmp_path, resume=True, progress=False)
+    assert ckpt.read_bytes() == corrupt
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    run = smoke_run()
+    train(run, tmp_path, stop_at=4, progress=False)
+    other = build_model("lstm", {**run["model_config"], "d_model": 8})
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        load_checkpoint(tmp_path / "checkpoint.safetensors", other)
+
+
+def test_changed_config_refuses_to_resume(tmp_path):
+    train(smoke_run(), tmp_path, stop_at=4, progress=False)
+    with pytest.raises(ValueError, match="differs from this run in \\['train'\\]"):
+        train(smoke_run(extra=["train.lr=0.5"]), tmp_path, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    from tasks.graph_nav import GraphNavTask
+
+    monkeypatch.setattr(GraphNavTask, "loss", lambda self, logits, batch: logits.sum() * torch.nan)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
+        train(smoke_run(), tmp_path, progress=False)
+
+
+def test_bad_preset_and_fields_are_named():
+    with pytest.raises(ValueError, match="known presets.*smoke"):
+        load_preset("nonexistent")
+    with pytest.raises(ValueError, match="stpes"):
+        load_preset("smoke", ["train.stpes=3"])
+    with pytest.raises(ValueError, match="unknown task 'maze'"):
+        resolve_run(load_preset("smoke", ["task=maze"]), "lstm", 0)
+
+
+def test_budget_matches_parameters_across_models():
+    preset = load_preset("smoke")
+    counts = {}
+    for name in ("transformer", "lstm"):
+        run = resolve_run(preset, name, 0)
+        counts[name] = sum(p.numel() for p in build_model(name, run["model_config"]).parameters())
+    for n in counts.values():
+        assert abs(n - preset.param_budget) <= 0.1 * preset.param_budget
