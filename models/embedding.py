@@ -33,6 +33,7 @@ class InputEmbedding(nn.Module):
             return self.W_E(inputs)
         if inputs.ndim != 3 or inputs.shape[-1] != self.d_input:
             raise ValueError(
-                f"expected features of shape [batch, pos, {self.d_input}], got {tuple(inputs.shape)}"
+                f"expected features of shape [batch, pos, {self.d_input}], "
+                f"got {tuple(inputs.shape)}"
             )
         return self.W_in(inputs.to(self.W_in.weight.dtype))
