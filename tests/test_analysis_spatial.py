@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+
+from analysis.spatial import node_rate_maps, rate_maps, spatial_information
+
+
+def gaussian_cell(pos, centre, width):
+    return torch.exp(-((pos - torch.tensor(centre)) ** 2).sum(1) / (2 * width**2))
+
+
+def test_rate_map_recovers_a_place_field_and_normalises_occupancy():
+    g = torch.Generator().manual_seed(0)
+    # Oversample the left half five-fold: occupancy must not leak into the rates.
+    left = torch.rand(50_000, 2, generator=g) * torch.tensor([0.5, 1.0])
+    pos = torch.cat([left, torch.rand(10_000, 2, generator=g)])
+    activity = torch.stack([gaussian_cell(pos, (0.7, 0.3), 0.1), torch.ones(len(pos))], 1)
+    maps, occupancy = rate_maps(pos, activity, bins=20, extent=((0, 1), (0, 1)))
+    assert maps.shape == (2, 20, 20) and occupancy.shape == (20, 20)
+    peak = torch.nonzero(maps[0] == maps[0].max())[0]
+    centre = (peak.float() + 0.5) / 20
+    assert torch.allclose(centre, torch.tensor([0.7, 0.3]), atol=0.05)
+    torch.testing.assert_close(maps[1], torch.ones(20, 20))  # uniform stays uniform
+    assert occupancy[:10].mean() > 4 * occupancy[10:].mean()
+    x = (torch.arange(20) + 0.5) / 20
+    expected = torch.exp(-((x[:, None] - 0.7) ** 2 + (x[None, :] - 0.3) ** 2) / (2 * 0.1**2))
+    assert torch.corrcoef(torch.stack([maps[0].flatten(), expected.flatten()]))[0, 1] > 0.99
+
+
+def test_unvisited_bins_are_nan_and_smoothing_keeps_them_out():
+    pos = torch.tensor([[0.1, 0.1], [0.1, 0.1], [0.9, 0.9]])
+    activity = torch.tensor([[1.0], [3.0], [5.0]])
+    maps, occupancy = rate_maps(pos, activity, bins=2, extent=((0, 1), (0, 1)))
+    assert maps[0, 0, 0] == 2.0 and maps[0, 1, 1] == 5.0
+    assert torch.isnan(maps[0, 0, 1]) and torch.isnan(occupancy[1, 0])
+    smooth, _ = rate_maps(pos, activity, bins=2, extent=((0, 1), (0, 1)), smooth_sigma=1.0)
+    assert torch.isnan(smooth[0, 0, 1])
+    # Constant activity stays exactly constant under smoothing despite the holes.
+    flat, _ = rate_maps(pos, torch.ones(3, 1), bins=2, extent=((0, 1), (0, 1)), smooth_sigma=1.0)
+    torch.testing.assert_close(flat[0, 0, 0], torch.tensor(1.0))
+
+
+def test_node_rate_maps():
+    node = torch.tensor([0, 0, 2, 2, 2])
+    activity = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, 3.0]])
+    maps, occupancy = node_rate_maps(node, activity, n_nodes=3)
+    torch.testing.assert_close(maps[:, [0, 2]], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    assert torch.isnan(maps[:, 1]).all() and occupancy[2] == 3
+
+
+def test_spatial_information_ground_truth():
+    occupancy = torch.ones(4, 4)
+    one_bin = torch.zeros(4, 4)
+    one_bin[1, 2] = 1.0
+    broad = torch.zeros(4, 4)
+    broad[:2] = 1.0
+    uniform = torch.full((4, 4), 0.3)
+    info = spatial_information(torch.stack([one_bin, broad, uniform]), occupancy)
+    torch.testing.assert_close(info, torch.tensor([math.log2(16), math.log2(2), 0.0]))
+    signed = torch.stack([one_bin * 2 - 1])  # -1 everywhere but one bin
+    assert spatial_information(signed, occupancy, signed="rectify")[0] == pytest.approx(4.0)
+    assert spatial_information(signed, occupancy, signed="shift")[0] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="negative rates"):
+        spatial_information(signed, occupancy, signed="error")
+
+
+def test_sharp_field_carries_more_information_than_broad_one():
+    g = torch.Generator().manual_seed(1)
+    pos = torch.rand(40_000, 2, generator=g)
+    activity = torch.stack(
+        [gaussian_cell(pos, (0.5, 0.5), w) for w in (0.05, 0.15, 0.4)] + [torch.ones(len(pos))], 1
+    )
+    maps, occupancy = rate_maps(pos, activity, bins=16, extent=((0, 1), (0, 1)))
+    info = spatial_information(maps, occupancy)
+    assert info[0] > info[1] > info[2] > 0
+    assert info[3] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match=r"pos_xy must be \[samples, 2\]"):
+        rate_maps(torch.zeros(5, 3), torch.zeros(5, 1), bins=4)
+    with pytest.raises(ValueError, match=r"activity must be \[samples=5, units\]"):
+        rate_maps(torch.zeros(5, 2), torch.zeros(4, 1), bins=4)
