@@ -3,7 +3,8 @@
     python -m analysis.figures --preset small [--set ...]
 
 ``navigation_overview``: for every model, the rate maps over the arena of the units of its
-last layer with the most spatial information (Skaggs), beside the R² of the position probe
+last layer whose activity position explains best (η², see
+:func:`analysis.spatial.variance_explained`; Skaggs information in each title), beside the R² of the position probe
 at every depth (trained vs. the same network at initialisation) and the next-observation
 accuracies, with zero-shot link inference against chance.
 """
@@ -20,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from analysis.spatial import rate_maps, spatial_information  # noqa: E402
+from analysis.spatial import rate_maps, spatial_information, variance_explained  # noqa: E402
 from models.checkpoint import atomic_write  # noqa: E402
 from models.config import Preset, load_preset  # noqa: E402
 from probes.cache import ActivationStore  # noqa: E402
@@ -29,9 +30,10 @@ N_UNITS = 8
 ACCURACIES = ("first_visit_accuracy", "revisit_accuracy", "zero_shot_accuracy")
 
 
-def arena_rate_maps(run_dir: Path, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rate maps [units, width, height] of ``hook`` at observation tokens, and their
-    spatial information [units] (bits per unit activity, of rectified activations)."""
+def arena_rate_maps(run_dir: Path, hook: str):
+    """Rate maps [units, width, height] of ``hook`` at observation tokens, the share of each
+    unit's variance that position explains (η² [units]) and its spatial information
+    ([units], bits per unit activity of the rectified map)."""
     run = json.loads((run_dir / "config.json").read_text())
     width, height = run["task_config"]["width"], run["task_config"]["height"]
     acts, latents = ActivationStore.open(run_dir / "activations").load(hook, ["pos_xy", "is_obs"])
@@ -42,7 +44,8 @@ def arena_rate_maps(run_dir: Path, hook: str) -> tuple[torch.Tensor, torch.Tenso
         bins=(width, height),
         extent=((-0.5, width - 0.5), (-0.5, height - 0.5)),
     )
-    return maps, spatial_information(maps, occupancy)
+    eta2 = variance_explained(maps, occupancy, acts[keep].var(0, unbiased=False))
+    return maps, eta2, spatial_information(maps, occupancy)
 
 
 def navigation_overview(preset: Preset, seed: int) -> Path:
@@ -59,12 +62,12 @@ def navigation_overview(preset: Preset, seed: int) -> Path:
         probe = json.loads((run_dir / "probe.json").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
         last_hook = probe["layers"][-1]["hook"]
-        maps, info = arena_rate_maps(run_dir, last_hook)
-        top = info.argsort(descending=True)[:N_UNITS]
+        maps, eta2, info = arena_rate_maps(run_dir, last_hook)
+        top = eta2.argsort(descending=True)[:N_UNITS]
         for col, unit in enumerate(top.tolist()):
             ax = axes[row, col]
             ax.imshow(maps[unit].T.numpy(), origin="lower", cmap="viridis")
-            ax.set_title(f"u{unit} {info[unit]:.2f}b", fontsize=7)
+            ax.set_title(f"u{unit} η²={eta2[unit]:.2f} {info[unit]:.1f}b", fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row, 0].set_ylabel(f"{model}\n{summary['n_params'] / 1e3:.0f}k params", fontsize=8)

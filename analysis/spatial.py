@@ -130,3 +130,23 @@ def spatial_information(
     ratio = rates / mean.clamp(min=1e-300)[:, None]
     terms = torch.where(ratio > 0, p * ratio * torch.log2(ratio.clamp(min=1e-300)), 0.0)
     return torch.where(mean > 0, terms.sum(1), 0.0).to(maps.dtype)
+
+
+def variance_explained(maps: torch.Tensor, occupancy: torch.Tensor, variance: torch.Tensor):
+    """Share of each unit's variance explained by the bin it is in (correlation ratio η²).
+
+        η² = sum_i n_i (r_i - r)² / (N var(a)),   r = sum_i n_i r_i / N,
+
+    with n_i the samples in bin i, r_i the unit's mean there and var(a) its (population)
+    variance over all N samples. maps [units, *bins], occupancy [*bins], variance [units]
+    -> [units] in [0, 1]. Unlike spatial information it needs no non-negative rates, so it
+    ranks signed network units fairly: 1 means activity is a function of position alone.
+    """
+    flat_maps = maps.reshape(maps.shape[0], -1).double()
+    occ = torch.nan_to_num(occupancy.reshape(-1).double(), nan=0.0)
+    visited = occ > 0
+    rates, counts = flat_maps[:, visited], occ[visited]
+    mean = rates @ counts / counts.sum()
+    between = ((rates - mean[:, None]) ** 2) @ counts
+    total = variance.double() * counts.sum()
+    return torch.where(total > 0, between / total.clamp(min=1e-300), 0.0).to(maps.dtype)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from analysis.spatial import node_rate_maps, rate_maps, spatial_information
+from analysis.spatial import node_rate_maps, rate_maps, spatial_information, variance_explained
 
 
 def gaussian_cell(pos, centre, width):
@@ -82,3 +82,18 @@ def test_bad_shapes_are_named():
         rate_maps(torch.zeros(5, 3), torch.zeros(5, 1), bins=4)
     with pytest.raises(ValueError, match=r"activity must be \[samples=5, units\]"):
         rate_maps(torch.zeros(5, 2), torch.zeros(4, 1), bins=4)
+
+
+def test_variance_explained_by_position():
+    g = torch.Generator().manual_seed(2)
+    pos = torch.rand(20_000, 2, generator=g)
+    field = gaussian_cell(pos, (0.3, 0.6), 0.2)
+    noise = torch.randn(len(pos), generator=g)
+    activity = torch.stack([field, field + noise, noise, -field], 1)
+    maps, occupancy = rate_maps(pos, activity, bins=10, extent=((0, 1), (0, 1)))
+    eta2 = variance_explained(maps, occupancy, activity.var(0, unbiased=False))
+    # Pure function of position (up to within-bin spread): near 1, sign does not matter.
+    assert eta2[0] > 0.9 and eta2[3].item() == pytest.approx(eta2[0].item(), rel=1e-5)
+    expected = field.var() / (field.var() + 1.0)  # signal share of the noisy unit
+    assert eta2[1].item() == pytest.approx((expected * eta2[0]).item(), abs=0.02)
+    assert eta2[2] < 0.01  # 100 bins of pure noise: about 99 / 20000
