@@ -4,9 +4,9 @@
 
 ``navigation_overview``: for every model, the rate maps over the arena of the units of its
 last layer whose activity position explains best (η², see
-:func:`analysis.spatial.variance_explained`; Skaggs information in each title), beside the R² of the position probe
-at every depth (trained vs. the same network at initialisation) and the next-observation
-accuracies, with zero-shot link inference against chance.
+:func:`analysis.spatial.variance_explained`; Skaggs information in each title), beside the
+R² of the position probe at every depth (trained vs. the same network at initialisation)
+and the next-observation accuracies, with zero-shot link inference against chance.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from analysis.spatial import rate_maps, spatial_information, variance_explained  # noqa: E402
 from models.checkpoint import atomic_write  # noqa: E402

@@ -12,7 +12,8 @@ def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
     """Return ``config`` with ``d_model`` chosen so the model has ``budget`` parameters.
 
     Every other field is kept (an explicit ``d_mlp`` keeps its ratio to ``d_model``).
-    ``d_model`` moves in steps of ``n_heads`` for models that have heads. Raises ValueError when no width lands within ``tolerance`` (relative).
+    ``d_model`` moves in steps of ``n_heads`` for models that have heads. Raises
+    ValueError when no width lands within ``tolerance`` (relative).
     """
     step = getattr(config, "n_heads", 1)
 

@@ -69,9 +69,8 @@ class SquareGrid:
         self.node_xy = torch.stack([xs.flatten(), ys.flatten()], dim=1)  # [n_nodes, 2]
         self.n_nodes = width * height
         dest = self.node_xy[:, None, :] + ACTION_DXY[None, : self.n_actions, :]
-        inside = (
-            (dest[..., 0] >= 0) & (dest[..., 0] < width) & (dest[..., 1] >= 0) & (dest[..., 1] < height)
-        )
+        size = torch.tensor([width, height])
+        inside = ((dest >= 0) & (dest < size)).all(-1)
         next_node = torch.where(inside, dest[..., 1] * width + dest[..., 0], -1)
         for x1, y1, x2, y2 in walls:
             for (ax, ay), (bx, by) in (((x1, y1), (x2, y2)), ((x2, y2), (x1, y1))):
