@@ -143,6 +143,8 @@ def train(
                 "use another experiment name or delete the run"
             )
         start = load_checkpoint(ckpt_path, model, optimizer, expect_meta=identity)
+        if start == config.steps and (out_dir / "summary.json").exists():
+            return json.loads((out_dir / "summary.json").read_text())  # already finished
         _truncate_metrics(metrics_path, start)
     else:
         atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(run, indent=2)))

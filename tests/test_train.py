@@ -113,3 +113,11 @@ def test_budget_matches_parameters_across_models():
         counts[name] = sum(p.numel() for p in build_model(name, run["model_config"]).parameters())
     for n in counts.values():
         assert abs(n - preset.param_budget) <= 0.1 * preset.param_budget
+
+
+def test_resuming_a_finished_run_keeps_its_summary(tmp_path):
+    run = smoke_run()
+    summary = train(run, tmp_path, progress=False)
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    assert train(run, tmp_path, resume=True, progress=False) == summary
+    assert (tmp_path / "metrics.jsonl").read_text() == lines
