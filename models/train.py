@@ -92,7 +92,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[str, float]:
+def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[str, float | None]:
     """Loss and task metrics pooled over the fixed held-out batches."""
     model.eval()
     sums: dict[str, list[float]] = {"loss": [0.0, 0]}
@@ -106,7 +106,8 @@ def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[
             acc[0] += total
             acc[1] += count
     model.train()
-    return {name: total / count if count else float("nan") for name, (total, count) in sums.items()}
+    # None (JSON null) where no position of that kind occurred
+    return {name: total / count if count else None for name, (total, count) in sums.items()}
 
 
 def train(
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seed or preset.seeds:
             run = resolve_run(preset, model, seed)
             summary = train(run, preset.run_dir(model, seed), resume=args.resume)
-            final = ", ".join(f"{k}={v:.3f}" for k, v in summary["final"].items())
+            final = ", ".join(f"{k}={v:.3f}" for k, v in summary["final"].items() if v is not None)
             print(
                 f"{model} seed{seed}: {summary['n_params']} params, "
                 f"{summary['train_seconds']:.0f}s, {final}"
