@@ -14,11 +14,13 @@ from typing import Any
 from torch import nn
 
 from models.lstm import HookedLSTM, LSTMConfig
+from models.mamba import MambaConfig, MambaLM
 from models.transformer import TransformerConfig, build_transformer
 
 MODELS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
     "transformer": (TransformerConfig, build_transformer),
     "lstm": (LSTMConfig, HookedLSTM),
+    "mamba": (MambaConfig, MambaLM),
 }
 
 

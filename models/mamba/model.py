@@ -1,0 +1,215 @@
+"""Hooked Mamba-1: mamba-ssm's layer with every SSM internal exposed as a hook.
+
+Parameter names, shapes and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``
+(in_proj, conv1d, x_proj, dt_proj with inverse-softplus bias, A_log with S4D-real init, D,
+out_proj), so a mixer's ``state_dict`` loads into ``mamba_ssm.Mamba`` unchanged.
+
+Hooks of ``blocks.{i}.mixer`` (L = pos, E = d_inner = expand * d_model, N = d_state):
+  hook_x          [batch, L, E]     x branch after in_proj
+  hook_gate       [batch, L, E]     SiLU(z), the multiplicative gate
+  hook_conv       [batch, L, E]     causal depthwise conv of x, after SiLU (the scan input)
+  hook_ssm_dt     [batch, L, E]     step size dt = softplus(dt_proj(.) + bias)
+  hook_ssm_B      [batch, L, N]     input matrix B_t
+  hook_ssm_C      [batch, L, N]     output matrix C_t
+  hook_ssm_state  [batch, L, E, N]  the hidden state trajectory h_t
+  hook_ssm_out    [batch, L, E]     y_t = C_t . h_t + D x_t, before gating
+  hook_out        [batch, L, d_model]
+and of the model: ``hook_embed``, ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.hook_resid_post``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from models.embedding import InputEmbedding
+from models.mamba.scan import fast_scan, reference_scan
+
+SCANS = ("auto", "reference", "fast", "cuda")
+
+
+@dataclass
+class MambaConfig:
+    d_model: int = 64
+    n_layers: int = 2
+    d_vocab: int | None = None
+    """Input token vocabulary (set from the task)."""
+    d_input: int | None = None
+    """Continuous input features (set from the task instead of d_vocab)."""
+    d_vocab_out: int = 2
+    """Output logits (set from the task)."""
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    """Rank of the dt projection; "auto" is ceil(d_model / 16) as in mamba-ssm."""
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    scan: str = "auto"
+    """"reference" (step loop, autograd), "fast" (CPU), "cuda" (mamba-ssm kernels), or
+    "auto": cuda on a GPU when mamba-ssm imports, else fast."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.scan not in SCANS:
+            raise ValueError(f"unknown scan {self.scan!r}; valid: {list(SCANS)}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+
+class MambaMixer(nn.Module):
+    """One Mamba-1 layer: [batch, pos, d_model] -> [batch, pos, d_model]."""
+
+    def __init__(self, c: MambaConfig):
+        super().__init__()
+        self.cfg = c
+        e, n, r = c.d_inner, c.d_state, c.rank
+        self.in_proj = nn.Linear(c.d_model, 2 * e, bias=c.bias)
+        self.conv1d = nn.Conv1d(e, e, c.d_conv, groups=e, padding=c.d_conv - 1, bias=c.conv_bias)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        nn.init.uniform_(self.dt_proj.weight, -(r**-0.5), r**-0.5)
+        dt = torch.exp(
+            torch.rand(e) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
+        ).clamp(min=c.dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
+        )
+        self.D = nn.Parameter(torch.ones(e))
+        self.out_proj = nn.Linear(e, c.d_model, bias=c.bias)
+        for name in (
+            "x",
+            "gate",
+            "conv",
+            "ssm_dt",
+            "ssm_B",
+            "ssm_C",
+            "ssm_state",
+            "ssm_out",
+            "out",
+        ):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(self, hidden: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+        c = self.cfg
+        length = hidden.shape[1]
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = self.hook_x(x)
+        gate = self.hook_gate(F.silu(z))
+        x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
+        x = self.hook_conv(F.silu(x))
+        dt_low, B, C = self.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
+        dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))
+        B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)
+        A = -torch.exp(self.A_log.float())  # [E, N]
+        scan = self._choose_scan(scan or c.scan, x)
+        if scan == "cuda":
+            y = _cuda_selective_scan(x, dt, A, B, C, self.D)
+        else:
+            decay = torch.exp(dt[..., None] * A)  # [batch, L, E, N]
+            drive = (dt * x)[..., None] * B[:, :, None, :]
+            states = (reference_scan if scan == "reference" else fast_scan)(decay, drive)
+            states = self.hook_ssm_state(states)
+            y = torch.einsum("blen,bln->ble", states, C) + self.D * x
+        y = self.hook_ssm_out(y)
+        return self.hook_out(self.out_proj(y * gate))
+
+    def _choose_scan(self, scan: str, x: torch.Tensor) -> str:
+        if scan not in SCANS:
+            raise ValueError(f"unknown scan {scan!r}; valid: {list(SCANS)}")
+        wants_state = bool(self.hook_ssm_state.fwd_hooks or self.hook_ssm_state.bwd_hooks)
+        if scan in ("auto", "cuda"):
+            usable = x.is_cuda and not wants_state and _cuda_kernels() is not None
+            if scan == "cuda" and not usable:
+                reason = (
+                    "hook_ssm_state is hooked (the kernel does not return the trajectory)"
+                    if wants_state
+                    else "no CUDA tensor or mamba-ssm is not importable"
+                )
+                warnings.warn(
+                    f"scan='cuda' unavailable: {reason}; using the fast scan", stacklevel=3
+                )
+            return "cuda" if usable else "fast"
+        return scan
+
+
+_KERNELS: dict[str, object] = {}
+
+
+def _cuda_kernels():
+    """mamba-ssm's ``selective_scan_fn``, or None where it does not import (no CUDA/Triton)."""
+    if "fn" not in _KERNELS:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except Exception:  # ImportError, or CUDA/Triton errors raised at import
+            selective_scan_fn = None
+        _KERNELS["fn"] = selective_scan_fn
+    return _KERNELS["fn"]
+
+
+def _cuda_selective_scan(x, dt, A, B, C, D) -> torch.Tensor:
+    """y [batch, L, E] from mamba-ssm's fused kernel (layouts [batch, channels, L])."""
+    y = _cuda_kernels()(
+        x.transpose(1, 2).contiguous(),
+        dt.transpose(1, 2).contiguous(),
+        A,
+        B.transpose(1, 2).contiguous(),
+        C.transpose(1, 2).contiguous(),
+        D.float(),
+    )
+    return y.transpose(1, 2)
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: x + mixer(RMSNorm(x))."""
+
+    def __init__(self, c: MambaConfig):
+        super().__init__()
+        self.norm = nn.RMSNorm(c.d_model, eps=1e-5)
+        self.mixer = MambaMixer(c)
+        self.hook_resid_pre = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        return self.hook_resid_post(x + self.mixer(self.norm(x), scan))
+
+
+class MambaLM(HookedRootModule):
+    """Embedding -> Mamba blocks -> RMSNorm -> linear readout; logits [batch, pos, d_vocab_out]."""
+
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.cfg = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.embed = InputEmbedding(config.d_model, config.d_vocab, config.d_input)
+            self.blocks = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
+            self.norm_f = nn.RMSNorm(config.d_model, eps=1e-5)
+            self.unembed = nn.Linear(config.d_model, config.d_vocab_out)
+        self.hook_embed = HookPoint()
+        self.setup()
+
+    def forward(self, inputs: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+        x = self.hook_embed(self.embed(inputs))
+        for block in self.blocks:
+            x = block(x, scan)
+        return self.unembed(self.norm_f(x))
