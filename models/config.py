@@ -49,6 +49,9 @@ class ProbeConfig:
     """Cross-validation folds (grouped by environment) for choosing the ridge penalty."""
 
 
+TUNABLE = frozenset({"lr", "weight_decay", "warmup_steps", "grad_clip"})
+
+
 @dataclass
 class Preset:
     """Everything an experiment needs: which task, which models, what budget."""
@@ -64,8 +67,25 @@ class Preset:
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-model config fields, ``[model.<name>]``."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The training budget every model gets."""
+    tune: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-model optimiser settings, ``[tune.<model>]``: only the keys in TUNABLE; the
+    budget (steps, batch size) and the data stay the same for every model."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     out_root: str = "runs"
+
+    def __post_init__(self):
+        for model, fields in self.tune.items():
+            bad = sorted(set(fields) - TUNABLE)
+            if bad:
+                raise ValueError(
+                    f"[tune.{model}] may set only {sorted(TUNABLE)}, not {bad}: steps, batch "
+                    "size and data are shared so that every model gets the same budget"
+                )
+
+    def train_for(self, model: str) -> TrainConfig:
+        """The training config of ``model``: ``[train]`` with its ``[tune.<model>]``."""
+        return dataclasses.replace(self.train, **self.tune.get(model, {}))
 
     def run_dir(self, model: str, seed: int) -> Path:
         return Path(self.out_root) / self.experiment / self.task / model / f"seed{seed}"

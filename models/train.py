@@ -62,7 +62,7 @@ def resolve_run(preset: Preset, model: str, seed: int) -> dict:
         "model_config": dataclasses.asdict(config),
         "param_budget": preset.param_budget,
         "seed": seed,
-        "train": dataclasses.asdict(preset.train),
+        "train": dataclasses.asdict(preset.train_for(model)),
     }
     return json.loads(json.dumps(run))  # exactly what config.json will hold
 

@@ -121,3 +121,11 @@ def test_resuming_a_finished_run_keeps_its_summary(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text()
     assert train(run, tmp_path, resume=True, progress=False) == summary
     assert (tmp_path / "metrics.jsonl").read_text() == lines
+
+
+def test_per_model_tuning_cannot_change_the_budget():
+    preset = load_preset("smoke", ["tune.lstm.lr=0.5"])
+    assert resolve_run(preset, "lstm", 0)["train"]["lr"] == 0.5
+    assert resolve_run(preset, "transformer", 0)["train"]["lr"] == preset.train.lr
+    with pytest.raises(ValueError, match=r"\[tune.lstm\] may set only .* not \['steps'\]"):
+        load_preset("smoke", ["tune.lstm.steps=5"])

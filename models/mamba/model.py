@@ -30,7 +30,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from models.embedding import InputEmbedding
-from models.mamba.scan import fast_scan, reference_scan
+from models.mamba.scan import fast_scan, fused_selective_scan, reference_scan
 
 SCANS = ("auto", "reference", "fast", "cuda")
 
@@ -123,6 +123,8 @@ class MambaMixer(nn.Module):
         scan = self._choose_scan(scan or c.scan, x)
         if scan == "cuda":
             y = _cuda_selective_scan(x, dt, A, B, C, self.D)
+        elif scan == "fast" and not self._state_wanted():
+            y = fused_selective_scan(x, dt, A, B, C) + self.D * x
         else:
             decay = torch.exp(dt[..., None] * A)  # [batch, L, E, N]
             drive = (dt * x)[..., None] * B[:, :, None, :]
@@ -132,10 +134,14 @@ class MambaMixer(nn.Module):
         y = self.hook_ssm_out(y)
         return self.hook_out(self.out_proj(y * gate))
 
+    def _state_wanted(self) -> bool:
+        """Whether a hook reads or patches the state trajectory (so it must exist)."""
+        return bool(self.hook_ssm_state.fwd_hooks or self.hook_ssm_state.bwd_hooks)
+
     def _choose_scan(self, scan: str, x: torch.Tensor) -> str:
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; valid: {list(SCANS)}")
-        wants_state = bool(self.hook_ssm_state.fwd_hooks or self.hook_ssm_state.bwd_hooks)
+        wants_state = self._state_wanted()
         if scan in ("auto", "cuda"):
             usable = x.is_cuda and not wants_state and _cuda_kernels() is not None
             if scan == "cuda" and not usable:
