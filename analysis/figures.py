@@ -86,7 +86,7 @@ def navigation_overview(preset: Preset, seed: int) -> Path:
         acc_ax.bar(offsets, values, width=0.8 / len(models), color=line.get_color(), label=model)
         chance = 1 / json.loads((run_dir / "config.json").read_text())["task_config"]["n_symbols"]
     left.suptitle(
-        f"Rate maps of the last layer (top {N_UNITS} units by spatial information)", fontsize=9
+        f"Rate maps of the last layer: the {N_UNITS} units best explained by position", fontsize=9
     )
     r2_ax.set(
         xlabel="depth (0 = embedding)",

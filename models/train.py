@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue existing runs")
     args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
     overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])
     preset = load_preset(args.preset, overrides)
     for model in args.model or preset.models:

@@ -14,6 +14,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from models.checkpoint import atomic_write, load_checkpoint
 from models.config import ProbeConfig, load_preset
 from models.train import PROBE_STREAM, build_run, generator, resolve_device
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, action="append")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
     preset = load_preset(args.preset, args.set)
     for model in args.model or preset.models:
         for seed in args.seed or preset.seeds:
