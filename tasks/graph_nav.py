@@ -12,12 +12,28 @@ to remember what was seen where and to know how actions move you on the graph: a
 at an already-visited node through a never-taken edge (*zero-shot link inference*) can
 only be predicted by a model that has learned the graph's structure.
 
-Token ids: ``0..n_symbols-1`` are observations, ``n_symbols + a`` is action ``a``
-(0 north (+y), 1 east (+x), 2 south, 3 west, 4 stay).
+Topologies (config ``topology``):
+
+* ``"square"``: 4-connected ``width x height`` grid. Token ids: ``0..n_symbols-1`` are
+  observations, ``n_symbols + a`` is action ``a`` (0 north (+y), 1 east (+x), 2 south,
+  3 west, 4 stay).
+* ``"hex"``: 6-connected hexagonal grid, ``width`` nodes per row, ``height`` rows, in
+  "odd-r" offset layout (odd rows shifted right by half a step); node ``(col, row)`` sits at
+  ``x = col + 0.5 * (row % 2)``, ``y = row * sqrt(3) / 2`` so every edge has length 1.
+  Action ``a`` moves by the unit vector at angle ``60 * a`` degrees (0 E, 1 NE, 2 NW, 3 W,
+  4 SW, 5 SE), 6 stays. Registered also as task ``graph_nav_hex`` (same task, hex default).
+
+Layouts (config ``layout``): ``"open"``, or ``"two_rooms"``: a barrier splits the grid into
+a left and a right room (columns ``< width // 2`` and the rest) joined by a one-row door at
+row ``door_row`` (default ``height // 2``). Extra blocked edges can be listed in ``walls``
+as ``(col1, row1, col2, row2)`` between adjacent nodes (grid indices, both topologies).
+
+Nodes are numbered ``node = row * width + col`` in both topologies.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,35 +42,114 @@ from tasks.base import IGNORE_INDEX, Batch, Task
 
 ACTION_NAMES = ("north", "east", "south", "west", "stay")
 ACTION_DXY = torch.tensor([[0, 1], [1, 0], [0, -1], [-1, 0], [0, 0]])  # [action, xy]
+HEX_ACTION_NAMES = ("east", "northeast", "northwest", "west", "southwest", "southeast", "stay")
+HEX_ACTION_DXY = torch.tensor(
+    [[math.cos(math.pi / 3 * a), math.sin(math.pi / 3 * a)] for a in range(6)] + [[0.0, 0.0]]
+)  # [action, xy] float
+TOPOLOGIES = ("square", "hex")
+LAYOUTS = ("open", "two_rooms")
+FRAC_BINS = 5
+"""Bins of the fraction of nodes visited in :meth:`GraphNavTask.metrics`."""
+
+
+def cell_xy(col: float, row: float, topology: str) -> tuple[float, float]:
+    """Cartesian position of grid cell ``(col, row)``: edges have length 1 in both grids."""
+    if topology == "hex":
+        return col + 0.5 * (row % 2), row * math.sqrt(3) / 2
+    return float(col), float(row)
 
 
 @dataclass
 class GraphNavConfig:
     width: int = 5
-    """Nodes along x."""
+    """Nodes along x (per row)."""
     height: int = 5
-    """Nodes along y."""
+    """Nodes along y (rows)."""
     n_symbols: int = 16
     """Size of the sensory alphabet; chance accuracy is 1 / n_symbols."""
     n_steps: int = 64
     """Observations per walk; the sequence has 2 * n_steps tokens."""
     allow_stay: bool = False
-    """Add a fifth action that stays in place."""
+    """Add an action that stays in place."""
     walls: tuple[tuple[int, int, int, int], ...] = ()
-    """Blocked edges, each ``(x1, y1, x2, y2)`` between two adjacent nodes."""
+    """Blocked edges, each ``(x1, y1, x2, y2)`` between two adjacent nodes (grid indices)."""
+    topology: str = "square"
+    """``"square"`` (4-connected) or ``"hex"`` (6-connected)."""
+    layout: str = "open"
+    """``"open"`` or ``"two_rooms"`` (left and right room joined by a door)."""
+    door_row: int | None = None
+    """Row of the door in the ``two_rooms`` layout (default ``height // 2``)."""
 
     def __post_init__(self):
         if self.width < 2 or self.height < 2:
             raise ValueError(f"grid must be at least 2x2, got {self.width}x{self.height}")
         if self.n_symbols < 2 or self.n_steps < 2:
             raise ValueError("n_symbols and n_steps must be at least 2")
-        self.walls = tuple(tuple(int(v) for v in w) for w in self.walls)
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {self.topology!r}; valid: {list(TOPOLOGIES)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; valid: {list(LAYOUTS)}")
+        if self.layout == "two_rooms" and self.width < 4:
+            raise ValueError(f"the two_rooms layout needs width >= 4, got {self.width}")
+        if self.door_row is not None and not 0 <= self.door_row < self.height:
+            raise ValueError(f"door_row {self.door_row} is outside rows 0..{self.height - 1}")
+        self.walls = tuple(tuple(int(v) for v in w) for w in self.walls)  # JSON gives lists
         for wall in self.walls:
-            if len(wall) != 4 or abs(wall[0] - wall[2]) + abs(wall[1] - wall[3]) != 1:
+            if len(wall) != 4:
+                raise ValueError(f"a wall is (x1, y1, x2, y2) between adjacent nodes, got {wall}")
+            (ax, ay), (bx, by) = (
+                cell_xy(*wall[:2], self.topology),
+                cell_xy(*wall[2:], self.topology),
+            )
+            if abs(math.hypot(ax - bx, ay - by) - 1) > 1e-6:
                 raise ValueError(f"a wall is (x1, y1, x2, y2) between adjacent nodes, got {wall}")
 
 
-class SquareGrid:
+class Lattice:
+    """A grid graph: ``node_xy`` [n_nodes, 2] positions, ``next_node`` [n_nodes, n_actions]
+    destination of each action (-1 where blocked or off the grid)."""
+
+    width: int
+    height: int
+    n_nodes: int
+    n_actions: int
+    node_xy: torch.Tensor
+    next_node: torch.Tensor
+
+    def _block(self, walls) -> None:
+        for x1, y1, x2, y2 in walls:
+            a, b = y1 * self.width + x1, y2 * self.width + x2
+            self.next_node[a][self.next_node[a] == b] = -1
+            self.next_node[b][self.next_node[b] == a] = -1
+
+    def edges(self) -> torch.Tensor:
+        """Open undirected edges [n_edges, 2] (src < dst)."""
+        src = torch.arange(self.n_nodes)[:, None].expand_as(self.next_node)
+        keep = (self.next_node > src) & (self.next_node >= 0)
+        return torch.stack([src[keep], self.next_node[keep]], 1)
+
+    def walk(self, n_steps: int, batch: int, generator: torch.Generator):
+        """Uniform random walks over the allowed actions.
+
+        Returns nodes [batch, n_steps + 1] and actions [batch, n_steps] (int64).
+        """
+        valid = (self.next_node >= 0).float()  # [n_nodes, n_actions]
+        cum = valid.cumsum(1) / valid.sum(1, keepdim=True)  # inverse-CDF sampling, fast
+        node = torch.randint(self.n_nodes, (batch,), generator=generator)
+        u = torch.rand(batch, n_steps, generator=generator)
+        nodes = torch.empty(batch, n_steps + 1, dtype=torch.long)
+        actions = torch.empty(batch, n_steps, dtype=torch.long)
+        nodes[:, 0] = node
+        last = self.n_actions - 1
+        for t in range(n_steps):
+            action = (cum[node] <= u[:, t, None]).sum(1).clamp_(max=last)
+            node = self.next_node[node, action]
+            nodes[:, t + 1] = node
+            actions[:, t] = action
+        return nodes, actions
+
+
+class SquareGrid(Lattice):
     """A 4-connected ``width x height`` grid graph, optionally with blocked edges.
 
     node_xy:   [n_nodes, 2] integer (x, y) of each node; nodes are numbered
@@ -65,33 +160,61 @@ class SquareGrid:
     def __init__(self, width: int, height: int, allow_stay: bool = False, walls=()):
         self.width, self.height = width, height
         self.n_actions = 5 if allow_stay else 4
+        self.action_dxy = ACTION_DXY[: self.n_actions].float()
         ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
         self.node_xy = torch.stack([xs.flatten(), ys.flatten()], dim=1)  # [n_nodes, 2]
         self.n_nodes = width * height
         dest = self.node_xy[:, None, :] + ACTION_DXY[None, : self.n_actions, :]
         size = torch.tensor([width, height])
         inside = ((dest >= 0) & (dest < size)).all(-1)
-        next_node = torch.where(inside, dest[..., 1] * width + dest[..., 0], -1)
-        for x1, y1, x2, y2 in walls:
-            for (ax, ay), (bx, by) in (((x1, y1), (x2, y2)), ((x2, y2), (x1, y1))):
-                a = ay * width + ax
-                next_node[a][next_node[a] == by * width + bx] = -1
-        self.next_node = next_node
+        self.next_node = torch.where(inside, dest[..., 1] * width + dest[..., 0], -1)
+        self._block(walls)
 
-    def walk(self, n_steps: int, batch: int, generator: torch.Generator):
-        """Uniform random walks over the allowed actions.
 
-        Returns nodes [batch, n_steps + 1] and actions [batch, n_steps] (int64).
-        """
-        valid = (self.next_node >= 0).float()  # [n_nodes, n_actions]
-        node = torch.randint(self.n_nodes, (batch,), generator=generator)
-        nodes, actions = [node], []
-        for _ in range(n_steps):
-            action = torch.multinomial(valid[node], 1, generator=generator).squeeze(1)
-            node = self.next_node[node, action]
-            nodes.append(node)
-            actions.append(action)
-        return torch.stack(nodes, 1), torch.stack(actions, 1)
+class HexGrid(Lattice):
+    """A 6-connected hexagonal grid (odd-r offset layout), optionally with blocked edges.
+
+    node_xy: [n_nodes, 2] float Cartesian positions (unit edge length); see module doc.
+    """
+
+    def __init__(self, width: int, height: int, allow_stay: bool = False, walls=()):
+        self.width, self.height = width, height
+        self.n_actions = 7 if allow_stay else 6
+        self.action_dxy = HEX_ACTION_DXY[: self.n_actions]
+        self.n_nodes = width * height
+        self.node_xy = torch.tensor(
+            [cell_xy(n % width, n // width, "hex") for n in range(self.n_nodes)]
+        )
+        dest = self.node_xy[:, None, :] + self.action_dxy[None]  # [n_nodes, n_actions, 2]
+        dist = torch.cdist(dest.flatten(0, 1), self.node_xy).view(self.n_nodes, self.n_actions, -1)
+        nearest = dist.min(-1)
+        self.next_node = torch.where(nearest.values < 1e-4, nearest.indices, -1)
+        self._block(walls)
+
+
+def two_rooms_walls(config: GraphNavConfig) -> list[tuple[int, int, int, int]]:
+    """Blocked edges of the two-rooms layout: every edge crossing the vertical line between
+    column ``width // 2 - 1`` and ``width // 2`` except those touching the door row."""
+    c = config
+    door = c.height // 2 if c.door_row is None else c.door_row
+    cls = HexGrid if c.topology == "hex" else SquareGrid
+    open_grid = cls(c.width, c.height)
+    x0 = c.width // 2 - 0.25  # the barrier line, between the two rooms' node columns
+    walls = []
+    for a, b in open_grid.edges().tolist():
+        xa, xb = open_grid.node_xy[a, 0].item(), open_grid.node_xy[b, 0].item()
+        ra, rb = a // c.width, b // c.width
+        if (xa - x0) * (xb - x0) < 0 and door not in (ra, rb):
+            walls.append((a % c.width, ra, b % c.width, rb))
+    return walls
+
+
+def build_graph(config: GraphNavConfig) -> Lattice:
+    """The graph of a config: topology, layout and walls applied."""
+    c = config
+    walls = list(c.walls) + (two_rooms_walls(c) if c.layout == "two_rooms" else [])
+    cls = HexGrid if c.topology == "hex" else SquareGrid
+    return cls(c.width, c.height, c.allow_stay, walls)
 
 
 def link_inference_flags(nodes: torch.Tensor, n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,18 +231,23 @@ def link_inference_flags(nodes: torch.Tensor, n_nodes: int) -> tuple[torch.Tenso
     batch, n_moves = nodes.shape[0], nodes.shape[1] - 1
     rows = torch.arange(batch)
     visited = torch.zeros(batch, n_nodes, dtype=torch.bool)
-    traversed = torch.zeros(batch, n_nodes, n_nodes, dtype=torch.bool)
+    traversed = torch.zeros(batch, n_nodes * n_nodes, dtype=torch.bool)
     visited[rows, nodes[:, 0]] = True
     zero_shot = torch.zeros(batch, n_moves, dtype=torch.bool)
     seen = torch.zeros(batch, n_moves, dtype=torch.bool)
     for t in range(n_moves):
         src, dst = nodes[:, t], nodes[:, t + 1]
         seen[:, t] = visited[rows, dst]
-        zero_shot[:, t] = seen[:, t] & ~traversed[rows, src, dst] & (dst != src)
-        traversed[rows, src, dst] = True
-        traversed[rows, dst, src] = True
+        zero_shot[:, t] = seen[:, t] & ~traversed[rows, src * n_nodes + dst] & (dst != src)
+        traversed[rows, src * n_nodes + dst] = True
+        traversed[rows, dst * n_nodes + src] = True
         visited[rows, dst] = True
     return zero_shot, seen
+
+
+def interleave(on_obs: torch.Tensor, on_act: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] twice -> [B, 2T, ...] alternating (obs_0, act_0, obs_1, ...)."""
+    return torch.stack([on_obs, on_act], dim=2).flatten(1, 2)
 
 
 class GraphNavTask(Task):
@@ -127,7 +255,8 @@ class GraphNavTask(Task):
 
     Latents (all [batch, 2 * n_steps], per token):
       pos_xy [.., 2] float (position of the agent when the token is shown), node, env_id,
-      step (walk step t), is_obs (observation token or action token), and, at action
+      step (walk step t), is_obs (observation token or action token), frac_visited (float:
+      distinct nodes seen so far, including the current one, / n_nodes), and, at action
       tokens only (False elsewhere): zero_shot, visited_before (see
       :func:`link_inference_flags`), both about the node the move arrives at.
     """
@@ -137,7 +266,7 @@ class GraphNavTask(Task):
     def __init__(self, config: GraphNavConfig | None = None):
         self.config = config or GraphNavConfig()
         c = self.config
-        self.graph = SquareGrid(c.width, c.height, c.allow_stay, c.walls)
+        self.graph = build_graph(c)
         self.n_actions = self.graph.n_actions
         self.d_vocab_in = c.n_symbols + self.n_actions
         self.d_vocab_out = c.n_symbols
@@ -150,21 +279,23 @@ class GraphNavTask(Task):
         env_id = torch.randint(2**62, (batch_size,), generator=generator)
         obs = symbols.gather(1, nodes)  # [B, T+1]
         zero_shot, seen = link_inference_flags(nodes, g.n_nodes)
-
-        def interleave(on_obs: torch.Tensor, on_act: torch.Tensor) -> torch.Tensor:
-            return torch.stack([on_obs, on_act], dim=2).flatten(1, 2)  # [B, 2T, ...]
+        # distinct nodes among nodes_0..nodes_t: the start plus every first arrival before t
+        n_seen = 1 + torch.cat([torch.zeros(batch_size, 1), (~seen[:, :-1]).float().cumsum(1)], 1)
+        frac = n_seen / g.n_nodes  # [B, T]
 
         here = nodes[:, :-1]
         no = torch.zeros_like(zero_shot)
         inputs = interleave(obs[:, :-1], c.n_symbols + actions)
         targets = interleave(torch.full_like(actions, IGNORE_INDEX), obs[:, 1:])
         steps = torch.arange(c.n_steps).expand(batch_size, -1)
+        xy = g.node_xy.float()[here]
         latents = {
             "node": interleave(here, here),
-            "pos_xy": interleave(g.node_xy[here], g.node_xy[here]).float(),
+            "pos_xy": interleave(xy, xy),
             "env_id": env_id[:, None].expand(-1, self.seq_len).clone(),
             "step": interleave(steps, steps),
             "is_obs": interleave(torch.ones_like(no), no),
+            "frac_visited": interleave(frac, frac),
             "zero_shot": interleave(no, zero_shot),
             "visited_before": interleave(no, seen),
         }
@@ -173,7 +304,9 @@ class GraphNavTask(Task):
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
         """accuracy (all moves), zero_shot_accuracy (link inference), first_visit_accuracy
-        (new nodes: chance is 1/n_symbols) and revisit_accuracy, as (sum, count)."""
+        (new nodes: chance is 1/n_symbols), revisit_accuracy, and zero-shot accuracy by
+        fraction of nodes visited, ``zero_shot_accuracy_visited_<lo>_<hi>`` (percent bins of
+        :data:`FRAC_BINS`), as (sum, count)."""
         scored = batch.targets != IGNORE_INDEX
         correct = logits.argmax(-1) == batch.targets
         zero_shot, seen = batch.latents["zero_shot"], batch.latents["visited_before"]
@@ -183,4 +316,60 @@ class GraphNavTask(Task):
             "first_visit_accuracy": scored & ~seen,
             "revisit_accuracy": seen,
         }
-        return {k: ((correct & m).sum().item(), int(m.sum())) for k, m in groups.items()}
+        out = {k: ((correct & m).sum().item(), int(m.sum())) for k, m in groups.items()}
+        edges, sums, counts = accuracy_by_frac_visited(correct, batch.latents, FRAC_BINS)
+        pct = [round(100 * e) for e in edges.tolist()]
+        for i in range(FRAC_BINS):
+            key = f"zero_shot_accuracy_visited_{pct[i]:02d}_{pct[i + 1]:02d}"
+            out[key] = (sums[i].item(), int(counts[i]))
+        return out
+
+
+def accuracy_by_frac_visited(
+    correct: torch.Tensor,
+    latents: dict[str, torch.Tensor],
+    n_bins: int = 10,
+    which: str = "zero_shot",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Link-inference accuracy against the fraction of nodes visited (Whittington 2020 Fig. 3).
+
+    correct: [batch, T] bool per move (the prediction made at action token t), or
+             [batch, 2T] per token (then the action tokens, odd positions, are used).
+    latents: the batch latents of :class:`GraphNavTask` ([batch, 2T] each).
+    which:   moves counted: ``"zero_shot"`` (default), ``"visited_before"`` or ``"all"``.
+    Returns ``(edges [n_bins + 1], correct_sum [n_bins], count [n_bins])``; bin ``i`` holds
+    moves made when ``edges[i] <= frac_visited < edges[i + 1]`` (the last bin includes 1).
+    Sums and counts so that batches pool exactly; accuracy = ``correct_sum / count``.
+    """
+    frac = latents["frac_visited"][:, 1::2]
+    if correct.shape[1] == 2 * frac.shape[1]:
+        correct = correct[:, 1::2]
+    if correct.shape != frac.shape:
+        raise ValueError(f"correct has shape {tuple(correct.shape)}; expected {tuple(frac.shape)}")
+    if which == "all":
+        mask = torch.ones_like(correct, dtype=torch.bool)
+    elif which in ("zero_shot", "visited_before"):
+        mask = latents[which][:, 1::2]
+    else:
+        raise ValueError(f"which must be 'zero_shot', 'visited_before' or 'all', got {which!r}")
+    edges = torch.linspace(0, 1, n_bins + 1)
+    index = (frac.float() * n_bins).long().clamp(0, n_bins - 1)[mask]
+    counts = torch.bincount(index, minlength=n_bins)
+    sums = torch.bincount(index, weights=correct[mask].float(), minlength=n_bins)
+    return edges, sums, counts
+
+
+@dataclass
+class GraphNavHexConfig(GraphNavConfig):
+    """:class:`GraphNavConfig` with the hexagonal topology as default."""
+
+    topology: str = "hex"
+
+
+class GraphNavHexTask(GraphNavTask):
+    """:class:`GraphNavTask` on a 6-connected hexagonal grid (task ``graph_nav_hex``)."""
+
+    name = "graph_nav_hex"
+
+    def __init__(self, config: GraphNavConfig | None = None):
+        super().__init__(config or GraphNavHexConfig())

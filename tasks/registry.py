@@ -1,15 +1,34 @@
-"""Task registry: build any task by name from a config dict or dataclass."""
+"""Task registry: build any task by name from a config dict or dataclass.
+
+Each entry maps a snake_case name to ``(ConfigDataclass, TaskClass)``. To add a task:
+write the config dataclass and a :class:`tasks.base.Task` subclass, and add one line here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from tasks.alternation import AlternationConfig, AlternationTask
 from tasks.base import Task
-from tasks.graph_nav import GraphNavConfig, GraphNavTask
+from tasks.copying import CopyingConfig, CopyingTask
+from tasks.graph_nav import GraphNavConfig, GraphNavHexConfig, GraphNavHexTask, GraphNavTask
+from tasks.group_word import GroupWordConfig, GroupWordTask
+from tasks.interval_timing import IntervalTimingConfig, IntervalTimingTask
+from tasks.linear_track import LinearTrackConfig, LinearTrackTask
+from tasks.mess3 import Mess3Config, Mess3Task
+from tasks.path_integration import PathIntegrationConfig, PathIntegrationTask
 
 TASKS: dict[str, tuple[type, type[Task]]] = {
     "graph_nav": (GraphNavConfig, GraphNavTask),
+    "graph_nav_hex": (GraphNavHexConfig, GraphNavHexTask),
+    "linear_track": (LinearTrackConfig, LinearTrackTask),
+    "alternation": (AlternationConfig, AlternationTask),
+    "path_integration": (PathIntegrationConfig, PathIntegrationTask),
+    "interval_timing": (IntervalTimingConfig, IntervalTimingTask),
+    "copying": (CopyingConfig, CopyingTask),
+    "group_word": (GroupWordConfig, GroupWordTask),
+    "mess3": (Mess3Config, Mess3Task),
 }
 
 
@@ -32,6 +51,8 @@ def build_task(name: str, config: Any = None) -> Task:
     """Build task ``name``; ``config`` is its config dataclass, a dict of fields, or None."""
     config_cls, task_cls = _lookup(name)
     if not isinstance(config, config_cls):
+        if dataclasses.is_dataclass(config):
+            config = dataclasses.asdict(config)
         config = make_config(config_cls, config, f"task {name!r}")
     return task_cls(config)
 

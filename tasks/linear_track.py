@@ -1,0 +1,134 @@
+"""Linear track and directed walks (Stachenfeld et al. 2017; Mehta et al. 2000).
+
+An agent walks a track of ``n_positions`` nodes. It has a heading (+1 or -1) and at every
+step moves along it with probability ``p_forward``, against it with ``p_backward``, and
+stays otherwise. On an open track (``circular=False``) the agent turns around at the ends,
+running laps back and forth like a rat on a linear track; on a circular track it keeps
+going round. The default walk is *directed* (mostly forward); the *bidirectional control*
+is ``p_forward == p_backward`` (an unbiased random walk). The successor representation
+predicts that place fields skew backwards, against the direction of travel, under directed
+walks and not under the control.
+
+Token layout as in :mod:`tasks.graph_nav`: every environment draws a fresh symbol for each
+position from ``n_symbols`` and the sequence is ``obs_0, act_0, obs_1, act_1, ...`` with
+the next observation predicted at each action token. Actions are absolute moves:
+``n_symbols + 0`` = +1 (east), ``+ 1`` = -1 (west), ``+ 2`` = stay. With
+``show_actions=False`` the sequence is ``obs_0, obs_1, ...`` and the next observation is
+predicted at every token, so the model must learn the walk's statistics (the policy).
+
+Latents (per token, [batch, pos]): ``pos`` (int position), ``pos_xy`` [.., 2] float
+(always ``(pos, 0)``, also on circular tracks, so rate maps bin positions directly),
+``direction`` (heading, +1/-1, of the
+move made from this position), ``node``, ``env_id``, ``step``, ``is_obs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tasks.base import IGNORE_INDEX, Batch, Task
+from tasks.graph_nav import interleave
+
+MOVES = torch.tensor([1, -1, 0])  # action -> displacement
+
+
+@dataclass
+class LinearTrackConfig:
+    n_positions: int = 10
+    """Nodes on the track."""
+    n_symbols: int = 16
+    """Sensory alphabet; each environment draws a symbol per position."""
+    n_steps: int = 64
+    """Positions per walk."""
+    p_forward: float = 0.8
+    """Probability of a step along the heading."""
+    p_backward: float = 0.05
+    """Probability of a step against the heading (the rest: stay)."""
+    circular: bool = False
+    """A ring (laps in one direction) instead of an open track (turn around at the ends)."""
+    show_actions: bool = True
+    """Interleave action tokens (TEM layout); without them the sequence is observations only."""
+
+    def __post_init__(self):
+        if self.n_positions < 2 or self.n_symbols < 2 or self.n_steps < 2:
+            raise ValueError("n_positions, n_symbols and n_steps must be at least 2")
+        if min(self.p_forward, self.p_backward) < 0 or self.p_forward + self.p_backward > 1:
+            raise ValueError(
+                f"p_forward={self.p_forward}, p_backward={self.p_backward} must be >= 0 with "
+                "sum <= 1"
+            )
+
+
+def directed_walk(config: LinearTrackConfig, batch: int, generator: torch.Generator):
+    """positions [B, T+1], headings [B, T] (heading of move t) and actions [B, T]."""
+    c = config
+    n, T = c.n_positions, c.n_steps
+    pos = torch.randint(n, (batch,), generator=generator)
+    heading = torch.randint(2, (batch,), generator=generator) * 2 - 1
+    u = torch.rand(batch, T, generator=generator)
+    positions = torch.empty(batch, T + 1, dtype=torch.long)
+    headings = torch.empty(batch, T, dtype=torch.long)
+    actions = torch.empty(batch, T, dtype=torch.long)
+    positions[:, 0] = pos
+    for t in range(T):
+        if not c.circular:  # turn around at the ends
+            heading = torch.where((pos == n - 1) & (heading == 1), -1, heading)
+            heading = torch.where((pos == 0) & (heading == -1), 1, heading)
+        rel = torch.where(
+            u[:, t] < c.p_forward, 1, torch.where(u[:, t] < c.p_forward + c.p_backward, -1, 0)
+        )
+        step = rel * heading
+        if c.circular:
+            new = (pos + step) % n
+        else:
+            new = pos + step
+            blocked = (new < 0) | (new >= n)  # a backward step into the end: stay
+            step = torch.where(blocked, 0, step)
+            new = torch.where(blocked, pos, new)
+        actions[:, t] = torch.where(step == 1, 0, torch.where(step == -1, 1, 2))
+        headings[:, t] = heading
+        pos = new
+        positions[:, t + 1] = pos
+    return positions, headings, actions
+
+
+class LinearTrackTask(Task):
+    """Next-observation prediction on directed (or bidirectional) walks along a track."""
+
+    name = "linear_track"
+
+    def __init__(self, config: LinearTrackConfig | None = None):
+        self.config = config or LinearTrackConfig()
+        c = self.config
+        self.n_actions = 3
+        self.d_vocab_in = c.n_symbols + (self.n_actions if c.show_actions else 0)
+        self.d_vocab_out = c.n_symbols
+        self.seq_len = (2 if c.show_actions else 1) * c.n_steps
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        c = self.config
+        positions, headings, actions = directed_walk(c, batch_size, generator)
+        symbols = torch.randint(c.n_symbols, (batch_size, c.n_positions), generator=generator)
+        env_id = torch.randint(2**62, (batch_size,), generator=generator)
+        obs = symbols.gather(1, positions)  # [B, T+1]
+        here = positions[:, :-1]
+        steps = torch.arange(c.n_steps).expand(batch_size, -1)
+        per_step = {"pos": here, "node": here, "direction": headings, "step": steps}
+        if c.show_actions:
+            inputs = interleave(obs[:, :-1], c.n_symbols + actions)
+            targets = interleave(torch.full_like(actions, IGNORE_INDEX), obs[:, 1:])
+            latents = {k: interleave(v, v) for k, v in per_step.items()}
+            latents["is_obs"] = interleave(
+                torch.ones_like(here, dtype=torch.bool), torch.zeros_like(here, dtype=torch.bool)
+            )
+        else:
+            inputs, targets = obs[:, :-1], obs[:, 1:]
+            latents = dict(per_step)
+            latents["is_obs"] = torch.ones_like(here, dtype=torch.bool)
+        latents["pos_xy"] = torch.stack(
+            [latents["pos"].float(), torch.zeros(latents["pos"].shape)], -1
+        )
+        latents["env_id"] = env_id[:, None].expand(-1, self.seq_len).clone()
+        return Batch(inputs, targets, latents)
