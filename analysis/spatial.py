@@ -84,9 +84,14 @@ def node_rate_maps(
 
 def _binned_means(index: torch.Tensor, activity: torch.Tensor, n_bins: int):
     """Mean activity per bin for all units in one pass: (means [units, n_bins] with NaN
-    in empty bins, counts [n_bins]), accumulated in float64."""
-    values = activity.double()
-    totals = values.new_zeros(n_bins, values.shape[1]).index_add_(0, index, values)
+    in empty bins, counts [n_bins])."""
+    totals = activity.new_zeros(n_bins, activity.shape[1], dtype=torch.float64)
+    # Sums over chunks of 2^16 samples in the input dtype (no float64 copy of all of
+    # activity), accumulated across chunks in float64.
+    for start in range(0, len(index), 2**16):
+        rows = slice(start, start + 2**16)
+        partial = activity.new_zeros(n_bins, activity.shape[1])
+        totals += partial.index_add_(0, index[rows], activity[rows])
     counts = torch.bincount(index, minlength=n_bins).double()
     means = torch.where(counts > 0, totals.T / counts.clamp(min=1), torch.nan)
     return means, counts
