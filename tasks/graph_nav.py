@@ -186,7 +186,8 @@ class HexGrid(Lattice):
             [cell_xy(n % width, n // width, "hex") for n in range(self.n_nodes)]
         )
         dest = self.node_xy[:, None, :] + self.action_dxy[None]  # [n_nodes, n_actions, 2]
-        dist = torch.cdist(dest.flatten(0, 1), self.node_xy).view(self.n_nodes, self.n_actions, -1)
+        # exact differences (torch.cdist's matmul shortcut loses ~1e-3 in float32)
+        dist = (dest[:, :, None, :] - self.node_xy[None, None]).norm(dim=-1)
         nearest = dist.min(-1)
         self.next_node = torch.where(nearest.values < 1e-4, nearest.indices, -1)
         self._block(walls)

@@ -1,8 +1,16 @@
+import math
+
 import pytest
 import torch
 
 from tasks import IGNORE_INDEX, build_task
-from tasks.graph_nav import ACTION_DXY, GraphNavConfig, GraphNavTask, link_inference_flags
+from tasks.graph_nav import (
+    ACTION_DXY,
+    GraphNavConfig,
+    GraphNavTask,
+    accuracy_by_frac_visited,
+    link_inference_flags,
+)
 
 
 def sample(config=None, seed=0, batch=32):
@@ -75,3 +83,75 @@ def test_bad_configs_are_named():
         build_task("graph_nav", {"size": 3})
     with pytest.raises(ValueError, match="adjacent"):
         GraphNavConfig(walls=((0, 0, 2, 0),))
+
+
+def test_hex_positions_integrate_unit_moves_at_multiples_of_60_degrees():
+    task, batch = sample(GraphNavConfig(width=5, height=4, n_steps=40, topology="hex"))
+    actions = batch.inputs[:, 1::2] - task.config.n_symbols
+    angle = actions.double() * math.pi / 3
+    step = torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+    pos = batch.latents["pos_xy"][:, 0::2].double()
+    integrated = pos[:, :1] + torch.cumsum(step, 1)
+    torch.testing.assert_close(integrated[:, :-1], pos[:, 1:], atol=1e-5, rtol=0)
+    # neighbours are exactly the nodes at distance 1, in the direction of the action
+    xy = task.graph.node_xy.tolist()
+    for a in range(task.graph.n_nodes):
+        expect = {b for b in range(task.graph.n_nodes) if abs(math.dist(xy[a], xy[b]) - 1) < 1e-6}
+        assert set(task.graph.next_node[a].tolist()) - {-1} == expect
+    assert task.d_vocab_in == task.config.n_symbols + 6
+    assert build_task("graph_nav_hex").config.topology == "hex"
+
+
+@pytest.mark.parametrize("topology", ["square", "hex"])
+def test_two_rooms_are_joined_only_by_the_door(topology):
+    config = GraphNavConfig(
+        width=6, height=5, n_steps=200, topology=topology, layout="two_rooms", door_row=1
+    )
+    task, batch = sample(config, batch=64)
+    x, row = batch.latents["pos_xy"][:, 0::2, 0], batch.latents["node"][:, 0::2] // 6
+    barrier = 6 // 2 - 0.25
+    side = x > barrier
+    crossed = side[:, 1:] != side[:, :-1]
+    assert crossed.any()
+    touches_door = (row[:, 1:] == 1) | (row[:, :-1] == 1)
+    assert touches_door[crossed].all()
+    # both rooms are connected inside: every node is reachable from node 0
+    reach, frontier = {0}, [0]
+    while frontier:
+        for nxt in task.graph.next_node[frontier.pop()].tolist():
+            if nxt >= 0 and nxt not in reach:
+                reach.add(nxt)
+                frontier.append(nxt)
+    assert len(reach) == task.graph.n_nodes
+
+
+def test_frac_visited_and_accuracy_by_fraction_visited():
+    task, batch = sample(batch=8)
+    nodes = batch.latents["node"][:, 0::2]
+    for b in range(8):
+        for t in range(nodes.shape[1]):
+            expect = len(set(nodes[b, : t + 1].tolist())) / task.graph.n_nodes
+            assert batch.latents["frac_visited"][b, 2 * t].item() == pytest.approx(expect)
+    correct = torch.rand(nodes.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    edges, sums, counts = accuracy_by_frac_visited(correct, batch.latents, n_bins=4)
+    frac = batch.latents["frac_visited"][:, 1::2]
+    zs = batch.latents["zero_shot"][:, 1::2]
+    for i in range(4):
+        lo, hi = edges[i].item(), edges[i + 1].item()
+        m = zs & (frac >= lo) & ((frac < hi) if i < 3 else (frac <= hi))
+        assert counts[i] == m.sum() and sums[i] == correct[m].sum()
+    # the metrics report the same bins, pooled as (sum, count)
+    logits = torch.randn(*batch.inputs.shape, task.d_vocab_out)
+    metrics = task.metrics(logits, batch)
+    binned = [v for k, v in metrics.items() if k.startswith("zero_shot_accuracy_visited_")]
+    assert sum(c for _, c in binned) == metrics["zero_shot_accuracy"][1]
+    assert sum(s for s, _ in binned) == metrics["zero_shot_accuracy"][0]
+
+
+def test_walls_from_json_lists_and_bad_topology():
+    config = GraphNavConfig(walls=[[0, 0, 1, 0]])  # as a JSON round trip gives them
+    assert config.walls == ((0, 0, 1, 0),)
+    with pytest.raises(ValueError, match="unknown topology 'tri'"):
+        GraphNavConfig(topology="tri")
+    with pytest.raises(ValueError, match="adjacent"):
+        GraphNavConfig(topology="hex", walls=((0, 0, 0, 2),))
