@@ -10,8 +10,8 @@ labelled transition matrices ``T^(a)[i, j] = P(emit a, go to j | in i)`` are
              [a x, b x, b y]]            [b x, a x, b y]]            [b x, b x, a y]]
 
 (``a`` = alpha, ``b`` = beta), as in Shai et al.'s code (``epsilon_transformers``
-``Mess3(x=0.15, a=0.6)``). Each state emits "its" token with probability alpha and stays
-with probability y. ``sum_a T^(a)`` is stochastic and doubly so: the stationary distribution
+``Mess3(x=0.15, a=0.6)``). The chain stays with probability y, and the token names the
+state it moves into with probability alpha. ``sum_a T^(a)`` is stochastic and doubly so: the stationary distribution
 is uniform.
 
 Sequence: the hidden chain starts from the stationary distribution; tokens ``x_0..x_T`` are
