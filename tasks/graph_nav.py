@@ -132,20 +132,27 @@ class Lattice:
         """Uniform random walks over the allowed actions.
 
         Returns nodes [batch, n_steps + 1] and actions [batch, n_steps] (int64).
+
+        Each step draws ``k`` uniform in ``0..K-1`` with ``K = lcm(1..n_actions)``, which
+        every node's number of open actions divides, and a table maps (node, k) to the
+        action and the next node: exactly uniform, and one gather per step.
         """
-        valid = (self.next_node >= 0).float()  # [n_nodes, n_actions]
-        cum = valid.cumsum(1) / valid.sum(1, keepdim=True)  # inverse-CDF sampling, fast
+        valid = self.next_node >= 0  # [n_nodes, n_actions]
+        K = math.lcm(*range(1, self.n_actions + 1))
+        rank = (valid.long().cumsum(1) - 1).clamp(min=0)  # i-th open action of each node
+        degree = valid.sum(1, keepdim=True)  # [n_nodes, 1]
+        slot = torch.arange(K)[None] * degree // K  # [n_nodes, K]: which open action
+        action_table = (rank[:, None, :] == slot[:, :, None]) & valid[:, None, :]
+        action_table = action_table.float().argmax(-1)  # [n_nodes, K]
+        dest_flat = self.next_node.gather(1, action_table).flatten()
         node = torch.randint(self.n_nodes, (batch,), generator=generator)
-        u = torch.rand(batch, n_steps, generator=generator)
+        k = torch.randint(K, (batch, n_steps), generator=generator)
         nodes = torch.empty(batch, n_steps + 1, dtype=torch.long)
-        actions = torch.empty(batch, n_steps, dtype=torch.long)
         nodes[:, 0] = node
-        last = self.n_actions - 1
         for t in range(n_steps):
-            action = (cum[node] <= u[:, t, None]).sum(1).clamp_(max=last)
-            node = self.next_node[node, action]
+            node = dest_flat[node * K + k[:, t]]
             nodes[:, t + 1] = node
-            actions[:, t] = action
+        actions = action_table.flatten()[nodes[:, :-1] * K + k]
         return nodes, actions
 
 
@@ -229,21 +236,25 @@ def link_inference_flags(nodes: torch.Tensor, n_nodes: int) -> tuple[torch.Tenso
     inverse of the last action, is not mistaken for link inference: a zero-shot move
     closes a loop and can be predicted only by integrating the path (Whittington 2020).
     """
-    batch, n_moves = nodes.shape[0], nodes.shape[1] - 1
-    rows = torch.arange(batch)
-    visited = torch.zeros(batch, n_nodes, dtype=torch.bool)
-    traversed = torch.zeros(batch, n_nodes * n_nodes, dtype=torch.bool)
-    visited[rows, nodes[:, 0]] = True
-    zero_shot = torch.zeros(batch, n_moves, dtype=torch.bool)
-    seen = torch.zeros(batch, n_moves, dtype=torch.bool)
-    for t in range(n_moves):
-        src, dst = nodes[:, t], nodes[:, t + 1]
-        seen[:, t] = visited[rows, dst]
-        zero_shot[:, t] = seen[:, t] & ~traversed[rows, src * n_nodes + dst] & (dst != src)
-        traversed[rows, src * n_nodes + dst] = True
-        traversed[rows, dst * n_nodes + src] = True
-        visited[rows, dst] = True
+    src, dst = nodes[:, :-1], nodes[:, 1:]
+    seen = occurred_before(nodes)[:, 1:]
+    edge = torch.minimum(src, dst) * n_nodes + torch.maximum(src, dst)  # undirected edge id
+    zero_shot = seen & ~occurred_before(edge) & (dst != src)
     return zero_shot, seen
+
+
+def occurred_before(ids: torch.Tensor) -> torch.Tensor:
+    """[batch, L] ids -> [batch, L] bool: the same id occurs earlier in its row.
+
+    Vectorised by a sort on ``(id, position)``: within each run of equal ids only the first
+    (earliest) is new.
+    """
+    L = ids.shape[1]
+    key = ids * L + torch.arange(L, device=ids.device)
+    sorted_key, order = key.sort(1)
+    repeat = torch.zeros_like(ids, dtype=torch.bool)
+    repeat[:, 1:] = sorted_key[:, 1:] // L == sorted_key[:, :-1] // L
+    return torch.empty_like(repeat).scatter_(1, order, repeat)
 
 
 def interleave(on_obs: torch.Tensor, on_act: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ labelled transition matrices ``T^(a)[i, j] = P(emit a, go to j | in i)`` are
 
 (``a`` = alpha, ``b`` = beta), as in Shai et al.'s code (``epsilon_transformers``
 ``Mess3(x=0.15, a=0.6)``). The chain stays with probability y, and the token names the
-state it moves into with probability alpha. ``sum_a T^(a)`` is stochastic and doubly so: the stationary distribution
-is uniform.
+state it moves into with probability alpha. ``sum_a T^(a)`` is doubly stochastic: the
+stationary distribution is uniform.
 
 Sequence: the hidden chain starts from the stationary distribution; tokens ``x_0..x_T`` are
 the emissions. Inputs ``x_0..x_{T-1}``, targets ``x_1..x_T`` (next-token prediction).

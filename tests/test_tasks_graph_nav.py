@@ -8,6 +8,8 @@ from tasks.graph_nav import (
     ACTION_DXY,
     GraphNavConfig,
     GraphNavTask,
+    HexGrid,
+    SquareGrid,
     accuracy_by_frac_visited,
     link_inference_flags,
 )
@@ -155,3 +157,18 @@ def test_walls_from_json_lists_and_bad_topology():
         GraphNavConfig(topology="tri")
     with pytest.raises(ValueError, match="adjacent"):
         GraphNavConfig(topology="hex", walls=((0, 0, 0, 2),))
+
+
+@pytest.mark.parametrize("cls", [SquareGrid, HexGrid])
+def test_walk_is_uniform_over_open_actions_and_follows_the_graph(cls):
+    graph = cls(3, 3, allow_stay=True)
+    nodes, actions = graph.walk(4000, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(graph.next_node[nodes[:, :-1], actions], nodes[:, 1:])
+    for node in range(graph.n_nodes):
+        here = nodes[:, :-1] == node
+        freq = torch.bincount(actions[here], minlength=graph.n_actions) / here.sum()
+        open_ = graph.next_node[node] >= 0
+        assert (freq[~open_] == 0).all()
+        torch.testing.assert_close(
+            freq[open_], torch.full_like(freq[open_], 1 / open_.sum()), atol=0.05, rtol=0
+        )
