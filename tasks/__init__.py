@@ -1,6 +1,22 @@
-"""Synthetic environments and sequence tasks -> token sequences + ground-truth latents."""
+"""Synthetic environments and sequence tasks -> token sequences + ground-truth latents.
+
+Registered tasks (``build_task(name, config)``; each module's docstring has the details):
+graph_nav, graph_nav_hex, linear_track, alternation, path_integration, interval_timing,
+copying, group_word, mess3. ``materialize(task, n, seed)`` caches a task as a
+HuggingFace dataset.
+"""
 
 from tasks.base import IGNORE_INDEX, Batch, Task
+from tasks.materialize import dataset_batch, materialize
 from tasks.registry import TASKS, build_task, task_config
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Batch", "Task", "build_task", "task_config"]
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "Batch",
+    "Task",
+    "build_task",
+    "dataset_batch",
+    "materialize",
+    "task_config",
+]
