@@ -93,18 +93,21 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 @torch.no_grad()
 def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[str, float | None]:
-    """Loss and task metrics pooled over the fixed held-out batches."""
+    """Loss and task metrics pooled over fixed held-out batches, for the task and each of
+    its :meth:`~tasks.Task.evaluation_tasks` (keys prefixed, e.g. ``long_accuracy``)."""
     model.eval()
-    sums: dict[str, list[float]] = {"loss": [0.0, 0]}
-    for index in range(config.eval_batches):
-        batch = task.sample(config.batch_size, generator(seed, EVAL_STREAM, index)).to(device)
-        logits = model(batch.inputs)
-        sums["loss"][0] += task.loss(logits, batch).item()
-        sums["loss"][1] += 1
-        for name, (total, count) in task.metrics(logits, batch).items():
-            acc = sums.setdefault(name, [0.0, 0])
-            acc[0] += total
-            acc[1] += count
+    sums: dict[str, list[float]] = {}
+    for prefix, evaluation in task.evaluation_tasks().items():
+        for index in range(config.eval_batches):
+            batch = evaluation.sample(config.batch_size, generator(seed, EVAL_STREAM, index))
+            batch = batch.to(device)
+            logits = model(batch.inputs)
+            results = {"loss": (evaluation.loss(logits, batch).item(), 1)}
+            results.update(evaluation.metrics(logits, batch))
+            for name, (total, count) in results.items():
+                acc = sums.setdefault(prefix + name, [0.0, 0])
+                acc[0] += total
+                acc[1] += count
     model.train()
     # None (JSON null) where no position of that kind occurred
     return {name: total / count if count else None for name, (total, count) in sums.items()}

@@ -62,6 +62,11 @@ class Task:
     d_vocab_out: int
     seq_len: int
 
+    def evaluation_tasks(self) -> dict[str, Task]:
+        """Held-out evaluations as ``prefix -> task``: the task itself (prefix ""), plus any
+        variant the task is meant to generalise to (e.g. longer strings, prefix "long_")."""
+        return {"": self}
+
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Draw ``batch_size`` independent sequences (each in its own environment)."""
         raise NotImplementedError

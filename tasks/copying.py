@@ -72,6 +72,10 @@ class CopyingTask(Task):
         self.d_vocab_out = c.n_letters
         self.seq_len = 2 * c.eval_max_len + 2
 
+    def evaluation_tasks(self) -> dict[str, Task]:
+        """Training lengths, and (prefix "long_") strings up to ``eval_max_len``."""
+        return {"": self, "long_": self.length_eval_task()}
+
     def length_eval_task(self) -> CopyingTask:
         """The same task on strings longer than any in training (up to ``eval_max_len``)."""
         c = self.config

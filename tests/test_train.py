@@ -129,3 +129,9 @@ def test_per_model_tuning_cannot_change_the_budget():
     assert resolve_run(preset, "transformer", 0)["train"]["lr"] == preset.train.lr
     with pytest.raises(ValueError, match=r"\[tune.lstm\] may set only .* not \['steps'\]"):
         load_preset("smoke", ["tune.lstm.steps=5"])
+
+
+def test_evaluation_covers_a_task_s_generalisation_variants(tmp_path):
+    preset = load_preset("smoke", SMOKE + ["task=copying"])
+    summary = train(resolve_run(preset, "lstm", 0), tmp_path, progress=False)
+    assert {"accuracy", "long_accuracy", "long_string_accuracy"} <= set(summary["final"])
