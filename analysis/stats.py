@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 
 
 @dataclass
@@ -52,14 +53,15 @@ def shuffle_null(
     shifts = torch.randint(
         min_shift, samples - min_shift + 1, (n_shuffles, units), generator=generator
     ).to(activity.device)
-    time = torch.arange(samples, device=activity.device)[:, None]
+    # Every circular shift of a unit is a window of its activity repeated twice:
+    # shifted[t] = activity[(t - k) mod samples] = doubled[samples - k + t].
+    doubled = rearrange(torch.cat([activity, activity]), "t u -> u t")
+    windows = doubled.unfold(1, samples, 1)  # [units, samples + 1, samples], a view
     column = torch.arange(units, device=activity.device)
-    flat = activity.reshape(-1)
     chunk = max(1, max_elements // (samples * units))
     null = []
     for block in shifts.split(chunk):  # [chunk, units]
-        source = (time - block.reshape(1, -1)).remainder(samples)  # [samples, chunk * units]
-        shifted = flat[source * units + column.repeat(len(block))]
+        shifted = rearrange(windows[column, samples - block], "c u t -> t (c u)")
         null.append(metric(shifted, *args, **kwargs).reshape(len(block), units))
     null = torch.cat(null)
     p_values = (1 + (null >= observed).sum(0)) / (1 + n_shuffles)
