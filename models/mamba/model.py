@@ -19,6 +19,7 @@ and of the model: ``hook_embed``, ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.ho
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ SCANS = ("auto", "reference", "fast", "cuda")
 
 @dataclass
 class MambaConfig:
+    """A Mamba-1 language model; defaults are mamba-ssm's ``Mamba`` layer defaults."""
+
     d_model: int = 64
+    """Residual stream width."""
     n_layers: int = 2
+    """Number of residual Mamba blocks."""
     d_vocab: int | None = None
     """Input token vocabulary (set from the task)."""
     d_input: int | None = None
@@ -46,19 +51,28 @@ class MambaConfig:
     d_vocab_out: int = 2
     """Output logits (set from the task)."""
     d_state: int = 16
+    """SSM state size N per channel."""
     d_conv: int = 4
+    """Width of the causal depthwise convolution."""
     expand: int = 2
+    """d_inner = expand * d_model channels inside the mixer."""
     dt_rank: int | str = "auto"
     """Rank of the dt projection; "auto" is ceil(d_model / 16) as in mamba-ssm."""
     dt_min: float = 0.001
+    """Initial step sizes are log-uniform in [dt_min, dt_max] ..."""
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
+    """... and at least dt_init_floor."""
     conv_bias: bool = True
+    """Bias in conv1d."""
     bias: bool = False
+    """Biases in in_proj and out_proj."""
     scan: str = "auto"
     """"reference" (step loop, autograd), "fast" (CPU), "cuda" (mamba-ssm kernels), or
-    "auto": cuda on a GPU when mamba-ssm imports, else fast."""
-    seed: int = 0
+    "auto": cuda on a GPU when mamba-ssm imports, else fast. ``forward(scan=...)`` overrides
+    it per call."""
+    seed: int | None = 0
+    """Seed of the parameter initialisation (None: the global RNG)."""
 
     def __post_init__(self):
         if self.scan not in SCANS:
@@ -114,13 +128,21 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = self.hook_x(x)
         gate = self.hook_gate(F.silu(z))
-        x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-        x = self.hook_conv(F.silu(x))
+        scan = self._choose_scan(scan or c.scan, x)
+        conv1d_fn = _cuda_kernels("causal_conv1d_fn") if scan == "cuda" else None
+        if conv1d_fn is not None:  # fused causal conv + SiLU, [batch, E, L] layout
+            weight = self.conv1d.weight.squeeze(1)  # [E, d_conv]
+            x = conv1d_fn(
+                x.transpose(1, 2).contiguous(), weight, self.conv1d.bias, activation="silu"
+            )
+            x = self.hook_conv(x.transpose(1, 2))
+        else:
+            x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
+            x = self.hook_conv(F.silu(x))
         dt_low, B, C = self.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
         dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))
         B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)
         A = -torch.exp(self.A_log.float())  # [E, N]
-        scan = self._choose_scan(scan or c.scan, x)
         if scan == "cuda":
             y = _cuda_selective_scan(x, dt, A, B, C, self.D)
         elif scan == "fast" and not self._state_wanted():
@@ -135,45 +157,60 @@ class MambaMixer(nn.Module):
         return self.hook_out(self.out_proj(y * gate))
 
     def _state_wanted(self) -> bool:
-        """Whether a hook reads or patches the state trajectory (so it must exist)."""
-        return bool(self.hook_ssm_state.fwd_hooks or self.hook_ssm_state.bwd_hooks)
+        """Whether a hook reads or patches the state trajectory (so it must exist):
+        TransformerLens hooks (``run_with_cache``, ``run_with_hooks``, ``add_hook``) or
+        plain PyTorch hooks registered on the HookPoint."""
+        hp = self.hook_ssm_state
+        return bool(hp.fwd_hooks or hp.bwd_hooks or hp._forward_hooks or hp._backward_hooks)
 
     def _choose_scan(self, scan: str, x: torch.Tensor) -> str:
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; valid: {list(SCANS)}")
-        wants_state = self._state_wanted()
-        if scan in ("auto", "cuda"):
-            usable = x.is_cuda and not wants_state and _cuda_kernels() is not None
-            if scan == "cuda" and not usable:
-                reason = (
-                    "hook_ssm_state is hooked (the kernel does not return the trajectory)"
-                    if wants_state
-                    else "no CUDA tensor or mamba-ssm is not importable"
-                )
-                warnings.warn(
-                    f"scan='cuda' unavailable: {reason}; using the fast scan", stacklevel=3
-                )
-            return "cuda" if usable else "fast"
-        return scan
+        if scan not in ("auto", "cuda"):
+            return scan
+        if self._state_wanted():
+            reason = "hook_ssm_state is hooked (the kernel does not return the trajectory)"
+        elif not x.is_cuda:
+            reason = "the model is not on a CUDA device"
+        elif _cuda_kernels("selective_scan_fn") is None:
+            reason = f"mamba-ssm does not import ({_KERNEL_ERRORS['selective_scan_fn']})"
+        else:
+            return "cuda"
+        # an explicit request always warns; "auto" only where CUDA was there to use
+        if scan == "cuda" or (x.is_cuda and reason not in _WARNED):
+            _WARNED.add(reason)
+            warnings.warn(
+                f"scan={scan!r}: no CUDA kernels, {reason}; using the fast scan", stacklevel=4
+            )
+        return "fast"
 
 
 _KERNELS: dict[str, object] = {}
+_KERNEL_ERRORS: dict[str, str] = {}
+_WARNED: set[str] = set()
+_KERNEL_IMPORTS = {
+    "selective_scan_fn": "mamba_ssm.ops.selective_scan_interface",
+    "causal_conv1d_fn": "causal_conv1d",
+}
 
 
-def _cuda_kernels():
-    """mamba-ssm's ``selective_scan_fn``, or None where it does not import (no CUDA/Triton)."""
-    if "fn" not in _KERNELS:
+def _cuda_kernels(name: str):
+    """mamba-ssm's ``selective_scan_fn`` or causal-conv1d's ``causal_conv1d_fn``, imported
+    on first use; None where it does not import (no CUDA/Triton, not installed)."""
+    if name not in _KERNELS:
         try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except Exception:  # ImportError, or CUDA/Triton errors raised at import
-            selective_scan_fn = None
-        _KERNELS["fn"] = selective_scan_fn
-    return _KERNELS["fn"]
+            module = importlib.import_module(_KERNEL_IMPORTS[name])
+            _KERNELS[name] = getattr(module, name)
+        except Exception as error:  # ImportError, or CUDA/Triton errors raised at import
+            _KERNELS[name] = None
+            _KERNEL_ERRORS[name] = f"{type(error).__name__}: {error}"
+    return _KERNELS[name]
 
 
 def _cuda_selective_scan(x, dt, A, B, C, D) -> torch.Tensor:
-    """y [batch, L, E] from mamba-ssm's fused kernel (layouts [batch, channels, L])."""
-    y = _cuda_kernels()(
+    """y [batch, L, E] (including D x) from mamba-ssm's fused kernel, whose layouts are
+    [batch, channels, L]."""
+    y = _cuda_kernels("selective_scan_fn")(
         x.transpose(1, 2).contiguous(),
         dt.transpose(1, 2).contiguous(),
         A,
@@ -205,8 +242,9 @@ class MambaLM(HookedRootModule):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.cfg = config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+        with torch.random.fork_rng(devices=[], enabled=config.seed is not None):
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
             self.embed = InputEmbedding(config.d_model, config.d_vocab, config.d_input)
             self.blocks = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
             self.norm_f = nn.RMSNorm(config.d_model, eps=1e-5)
