@@ -1,12 +1,16 @@
 """Training-step throughput of our Mamba against HF's and mambapy's, and the transformer
 and LSTM at the same parameter count, on CPU (issue: hooked Mamba).
 
-    .venv/bin/python benchmarks/bench_mamba.py [--quick]
+    .venv/bin/python benchmarks/bench_mamba.py [--quick] [--threads 2] [--repeats 2]
 
 One step = forward + backward + AdamW at batch 64 x seq 128, d_model 64, 2 layers,
-d_state 16, vocab 50. Every configuration runs in its own subprocess (so its peak RSS is
-its own), after 2 warm-up steps; the median of the timed steps is reported. Ratios are
-against baselines measured in the same run.
+d_state 16, vocab 50. Timing: all models are built in one subprocess and stepped in
+interleaved rounds (one step of each per round; 2 warm-up rounds), so load from other
+processes on a shared machine hits every model alike and the ratios are same-time ratios;
+reported: median tok/s over the timed rounds, and the best round. ``--repeats`` runs the
+whole timing pass again to show the run-to-run spread. Memory: each model once more in
+its own subprocess, peak RSS (ru_maxrss) after 2 steps and its increase over the RSS
+after building the model. Scaling: our fast path at batch 16, seq 128 -> 1024.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,78 +93,131 @@ def build(name: str):
     raise ValueError(name)
 
 
-def measure(name: str, batch: int, seq: int, steps: int) -> dict:
-    """Time ``steps`` training steps of one configuration (run in a subprocess)."""
+MODELS = ["mamba-fast", "mamba-fast+state", "mamba-reference", "hf-slow", "mambapy-pscan"]
+MODELS += ["transformer", "lstm"]
+
+
+def _step_fn(name: str):
+    """(one training step on ``tokens``, module) for model ``name``."""
     import torch
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    built = build(name)
+    state_hook = name.endswith("+state")
+    built = build(name.removesuffix("+state"))
     forward, module = built if isinstance(built, tuple) else (built, built)
+    if state_hook:  # caching the state trajectory: the fast path must materialise it
+        for block in module.blocks:
+            block.mixer.hook_ssm_state.add_hook(lambda act, hook: None)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
-    tokens = torch.randint(0, VOCAB, (batch, seq))
-    times = []
-    for i in range(steps + 2):
-        start = time.perf_counter()
+
+    def step(tokens):
         logits = forward(tokens)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    step = statistics.median(times)
+
+    return step, module
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def time_rounds(names: list[str], batch: int, seq: int, steps: int, threads: int) -> dict:
+    """Interleaved timing of several models in this process: {name: row}."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    models = {name: _step_fn(name) for name in names}
+    tokens = torch.randint(0, VOCAB, (batch, seq))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(steps + 2):
+        for name, (step, _) in models.items():
+            start = time.perf_counter()
+            step(tokens)
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
     return {
-        "name": name,
-        "seq": seq,
-        "params": sum(p.numel() for p in module.parameters()),
-        "step_s": step,
-        "tok_s": batch * seq / step,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        name: {
+            "params": sum(p.numel() for p in module.parameters()),
+            "tok_s": batch * seq / statistics.median(times[name]),
+            "best_tok_s": batch * seq / min(times[name]),
+        }
+        for name, (_, module) in models.items()
     }
 
 
-def run(name: str, batch: int, seq: int, steps: int) -> dict:
+def memory(name: str, batch: int, seq: int, threads: int) -> dict:
+    """Peak RSS of 2 training steps of one model (run alone in a subprocess)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    step, _ = _step_fn(name)
+    tokens = torch.randint(0, VOCAB, (batch, seq))
+    built_mb = _rss_mb()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        step(tokens)
+        times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_mb": peak_mb, "delta_mb": peak_mb - built_mb, "tok_s": batch * seq / times[-1]}
+
+
+def _sub(*args) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--one", name, str(batch), str(seq), str(steps)],
+        [sys.executable, __file__, "--sub", json.dumps(args)],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode:
+        raise RuntimeError(f"{args[0]} failed:\n{textwrap.indent(out.stderr[-3000:], '  ')}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer steps, no slow baselines")
-    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 steps; no HF slow path")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timing passes (default 2)")
+    parser.add_argument("--sub", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        name, batch, seq, steps = args.one
-        print(json.dumps(measure(name, int(batch), int(seq), int(steps))))
+    if args.sub:
+        kind, *rest = json.loads(args.sub)
+        print(json.dumps({"time": time_rounds, "memory": memory}[kind](*rest)))
         return
-    steps = 3 if args.quick else 6
-    names = ["mamba-fast", "mamba-reference", "mambapy-pscan", "transformer", "lstm"]
-    if not args.quick:
-        names.insert(3, "hf-slow")
-    rows = {name: run(name, 64, 128, 2 if name == "hf-slow" else steps) for name in names}
-    hf = rows.get("hf-slow", {}).get("tok_s")
-    pscan = rows["mambapy-pscan"]["tok_s"]
-    print(f"\none training step, batch 64 x seq 128, CPU threads 2 (median of {steps})")
+    steps = 3 if args.quick else 5
+    names = [n for n in MODELS if not (args.quick and n == "hf-slow")]
     print(
-        f"{'model':18} {'params':>8} {'tok/s':>9} {'x mambapy':>10} {'x HF slow':>10} "
-        f"{'peak RSS MB':>12}"
+        f"one training step (fwd + bwd + AdamW), batch 64 x seq 128, {args.threads} torch "
+        f"threads, median of {steps} interleaved rounds (best round in brackets)"
     )
-    for name, row in rows.items():
-        vs_hf = f"{row['tok_s'] / hf:10.1f}" if hf else f"{'-':>10}"
-        print(
-            f"{name:18} {row['params']:8d} {row['tok_s']:9.0f} {row['tok_s'] / pscan:10.2f} "
-            f"{vs_hf} {row['peak_rss_mb']:12.0f}"
-        )
-    print("\nour fast scan, batch 16: throughput against sequence length")
+    passes = [_sub("time", names, 64, 128, steps, args.threads) for _ in range(args.repeats)]
+    mem = {name: _sub("memory", name, 64, 128, args.threads) for name in names}
+    header = f"{'model':18} {'params':>7}"
+    for r in range(args.repeats):
+        header += f" {f'tok/s #{r + 1}':>16} {'x mambapy':>9} {'x HF':>6}"
+    print(header + f" {'peak RSS MB':>11} {'+MB':>6}")
+    for name in names:
+        line = f"{name:18} {passes[0][name]['params']:7d}"
+        for rows in passes:
+            row, pscan = rows[name], rows["mambapy-pscan"]["tok_s"]
+            hf = rows.get("hf-slow", {}).get("tok_s")
+            tok = f"{row['tok_s']:.0f} ({row['best_tok_s']:.0f})"
+            vs_hf = f"{row['tok_s'] / hf:6.1f}" if hf else f"{'-':>6}"
+            line += f" {tok:>16} {row['tok_s'] / pscan:9.2f} {vs_hf}"
+        print(line + f" {mem[name]['peak_mb']:11.0f} {mem[name]['delta_mb']:6.0f}")
+    print("\nour fast path (mamba-fast), batch 16: throughput and memory against sequence length")
     for seq in (128, 256, 512, 1024):
-        row = run("mamba-fast", 16, seq, steps)
-        print(f"  seq {seq:5d}: {row['tok_s']:9.0f} tok/s, peak RSS {row['peak_rss_mb']:.0f} MB")
+        row = _sub("time", ["mamba-fast"], 16, seq, steps, args.threads)["mamba-fast"]
+        m = _sub("memory", "mamba-fast", 16, seq, args.threads)
+        print(
+            f"  seq {seq:5d}: {row['tok_s']:7.0f} tok/s (best {row['best_tok_s']:.0f}), "
+            f"peak RSS {m['peak_mb']:.0f} MB (+{m['delta_mb']:.0f} MB over the built model)"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,21 @@ Hooks of ``blocks.{i}.mixer`` (L = pos, E = d_inner = expand * d_model, N = d_st
   hook_ssm_state  [batch, L, E, N]  the hidden state trajectory h_t
   hook_ssm_out    [batch, L, E]     y_t = C_t . h_t + D x_t, before gating
   hook_out        [batch, L, d_model]
-and of the model: ``hook_embed``, ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.hook_resid_post``.
+and of the model: ``hook_embed``, ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.hook_resid_post``
+(all [batch, L, d_model]). Every hook can be read or patched and what it returns is used
+downstream.
+
+Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rounding:
+  "reference"  the recurrence as a Python loop under autograd (the executable definition)
+  "fast"       CPU training path: a fused selective scan with a hand-written backward that
+               never stores the state trajectory, unless ``hook_ssm_state`` has a hook
+               (``run_with_cache``, ``run_with_hooks``, ``add_hook``); then a sequential
+               scan with its own backward returns the whole trajectory for the hook
+  "cuda"       mamba-ssm's ``selective_scan_fn`` (and causal-conv1d's ``causal_conv1d_fn``
+               for the conv when installed); it cannot return the trajectory, so a hooked
+               ``hook_ssm_state`` uses "fast"; without CUDA tensors or an importable
+               mamba-ssm it warns (naming the reason) and uses "fast"
+  "auto"       "cuda" where usable, else "fast" (warns once if on CUDA without mamba-ssm)
 """
 
 from __future__ import annotations
