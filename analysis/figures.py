@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.spatial import rate_maps, spatial_information, variance_explained  # noqa: E402
+from analysis.binning import rate_maps, spatial_information, variance_explained  # noqa: E402
 from models.checkpoint import atomic_write  # noqa: E402
 from models.config import Preset, load_preset  # noqa: E402
 from probes.cache import ActivationStore  # noqa: E402

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.spatial import node_rate_maps, spatial_information
+from analysis.binning import node_rate_maps, spatial_information
 
 
 @dataclass
@@ -40,7 +40,7 @@ def time_fields(
     activity. Width = full width at half maximum: the extent of the contiguous run of bins
     around the peak whose activity is at least ``baseline + (peak - baseline) / 2`` with
     baseline = the curve's minimum (the usual time-cell field width). Temporal information
-    = Skaggs et al. (1993) over time bins (:func:`analysis.spatial.spatial_information`,
+    = Skaggs et al. (1993) over time bins (:func:`analysis.binning.spatial_information`,
     ``signed`` as there).
     """
     if t.ndim != 1 or activity.ndim != 2 or activity.shape[0] != t.shape[0]:

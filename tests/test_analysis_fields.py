@@ -1,9 +1,6 @@
-import math
-
-import pytest
 import torch
 
-from analysis.spatial import border_scores, head_direction_scores, place_fields
+from analysis.fields import border_scores, place_fields
 
 
 def bump(centre, width, n=16):
@@ -35,13 +32,3 @@ def test_border_cell_scores_high_centre_field_low():
     wall[1, :] = 0.5
     scores = border_scores(torch.stack([wall, bump((8, 8), 2.0)]))
     assert scores[0] > 0.7 and scores[1] < 0
-
-
-def test_head_direction_mean_resultant_length():
-    g = torch.Generator().manual_seed(1)
-    heading = torch.rand(20_000, generator=g) * 2 * math.pi - math.pi
-    tuned = torch.exp(4 * (torch.cos(heading - 1.0) - 1))
-    flat = torch.ones_like(heading)
-    hd = head_direction_scores(heading, torch.stack([tuned, flat], 1), bins=36)
-    assert hd.mean_resultant_length[0] > 0.6 and hd.mean_resultant_length[1] < 1e-6
-    assert hd.preferred[0].item() == pytest.approx(1.0, abs=0.05)

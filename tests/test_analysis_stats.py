@@ -1,6 +1,6 @@
 import torch
 
-from analysis.spatial import rate_maps, spatial_information
+from analysis.binning import rate_maps, spatial_information
 from analysis.stats import shuffle_null
 
 

@@ -6,7 +6,7 @@ import torch
 from analysis_reference import autocorrelogram as ref_autocorrelogram
 from analysis_reference import grid_score as ref_grid_score
 
-from analysis.spatial import autocorrelogram, grid_scores
+from analysis.gridness import autocorrelogram, grid_scores
 
 N = 20
 
