@@ -76,6 +76,16 @@ class TransformerConfig:
             raise ValueError(f"unknown positional {self.positional!r}; valid: {list(POSITIONAL)}")
         if self.positional == "hard_alibi" and self.n_heads < 2:
             raise ValueError("positional='hard_alibi' needs n_heads >= 2 (windowed + NoPE heads)")
+        if self.d_model % self.d_model_multiple:
+            raise ValueError(
+                f"positional='rope' rotates pairs of dimensions: d_head = d_model / n_heads must "
+                f"be even, got d_model={self.d_model}, n_heads={self.n_heads}"
+            )
+
+    @property
+    def d_model_multiple(self) -> int:
+        """d_model is a multiple of this (n_heads; 2 * n_heads for RoPE's pairs)."""
+        return self.n_heads * (2 if self.positional == "rope" else 1)
 
 
 def build_transformer(config: TransformerConfig) -> TransformerBridge:

@@ -152,14 +152,19 @@ def test_only_learned_has_a_position_table():
 
 
 def test_budget_fitting_gives_the_table_back_as_width():
-    config = model_config("transformer", {**FIELDS, "n_ctx": 256})
-    learned = fit_to_budget("transformer", config, 40_000)
-    nope = fit_to_budget(
-        "transformer",
-        model_config("transformer", {**FIELDS, "n_ctx": 256, "positional": "nope"}),
-        40_000,
-    )
-    assert nope.d_model > learned.d_model
+    widths = {}
+    for scheme in POSITIONAL:
+        config = model_config("transformer", {**FIELDS, "n_ctx": 256, "positional": scheme})
+        sized = fit_to_budget("transformer", config, 40_000)
+        assert abs(count_parameters(build_model("transformer", sized)) - 40_000) <= 4_000
+        widths[scheme] = sized.d_model
+    assert widths["rope"] % 8 == 0  # 4 heads of an even width
+    assert all(widths[scheme] > widths["learned"] for scheme in POSITIONAL[1:]), widths
+
+
+def test_rope_needs_an_even_head_width():
+    with pytest.raises(ValueError, match=r"d_head.*even.*d_model=12, n_heads=4"):
+        model_config("transformer", {"positional": "rope", "d_model": 12, "n_heads": 4})
 
 
 @pytest.mark.parametrize("positional", POSITIONAL)
