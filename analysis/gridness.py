@@ -40,79 +40,82 @@ def autocorrelogram(
 
     maps [units, n_x, n_y] -> [units, 2 n_x - 1, 2 n_y - 1], lag (0, 0) at the centre; r is
     computed over the overlapping bins (Sargolini et al. 2006), 0 where the overlap has no
-    variance. ``nan_mode="zero"`` counts unvisited (NaN) bins as 0 like DeepMind's
-    ``calculate_sac`` (so scores agree with theirs); ``"exclude"`` leaves them out of every
-    overlap (for maps with holes). Lag sums are batched FFTs over all units.
+    variance (below 1e-12 of its mean square: round-off). ``nan_mode="zero"`` counts
+    unvisited (NaN) bins as 0 like DeepMind's ``calculate_sac`` (so scores agree with
+    theirs); ``"exclude"`` leaves them out of every overlap (for maps with holes).
+
+    Every lag sum is a direct sum over its own overlap (batched matrix products, no FFT),
+    like DeepMind's ``convolve2d``: an FFT spreads round-off of the map's largest values
+    over every lag, which swamps the lags whose overlap holds only small values (the tails
+    of a place field) and changes grid scores by hundredths. r is centrally symmetric, so
+    only lags with d_x >= 0 are computed and mirrored.
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be [units, bins_x, bins_y], got {tuple(maps.shape)}")
     if nan_mode not in ("zero", "exclude"):
         raise ValueError(f"unknown nan_mode={nan_mode!r}; valid: 'zero', 'exclude'")
-    _, n_x, n_y = maps.shape
     values = maps.to(dtype)
     weight = (~torch.isnan(values)).to(dtype)
     values = torch.nan_to_num(values, nan=0.0)
-    size = (2 * n_x, 2 * n_y)
-    f_values = torch.fft.rfft2(values, s=size)
-    if nan_mode == "zero":
-        # Overlap sums of a full grid are rectangle sums: exact, and cheaper than FFTs.
-        sum_x, sum_xx = _overlap_sums(values), _overlap_sums(values**2)
-        count = _overlap_sums(torch.ones_like(values[:1]))
-        sum_y, sum_yy = sum_x.flip(-2, -1), sum_xx.flip(-2, -1)
-        products = _lags(torch.fft.irfft2(f_values.conj() * f_values, s=size), n_x, n_y)
+    squares = values**2
+    products = _lag_products(values, values)  # [units, n_x, 2 n_y - 1]: d_x >= 0
+    if nan_mode == "zero":  # the overlaps of a full grid are rectangles
+        (sum_x, sum_y), (sum_xx, sum_yy) = _overlap_sums(values), _overlap_sums(squares)
+        count = _overlap_sums(torch.ones_like(values[:1]))[0]
     else:
-        f_weight, f_squares = torch.fft.rfft2(weight, s=size), torch.fft.rfft2(values**2, s=size)
-        pairs = torch.stack(
-            [
-                f_values.conj() * f_values,
-                f_values.conj() * f_weight,
-                f_weight.conj() * f_values,
-                f_squares.conj() * f_weight,
-                f_weight.conj() * f_squares,
-                f_weight.conj() * f_weight,
-            ]
-        )
-        products, sum_x, sum_y, sum_xx, sum_yy, count = _lags(
-            torch.fft.irfft2(pairs, s=size), n_x, n_y
-        )
-        count = count.round()
+        sum_x, sum_y = _lag_products(values, weight), _lag_products(weight, values)
+        sum_xx, sum_yy = _lag_products(squares, weight), _lag_products(weight, squares)
+        count = _lag_products(weight, weight)
     # r = (s_xy - s_x s_y / n) / sqrt((s_xx - s_x^2 / n) (s_yy - s_y^2 / n)); in place.
     inv_n = 1 / count.clamp(min=1)
     covariance = products.sub_((sum_x * sum_y).mul_(inv_n))
-    var_x = sum_xx.sub_(sum_x.square_().mul_(inv_n))
-    var_y = sum_yy.sub_(sum_y.square_().mul_(inv_n))
-    tol = 1e-12 * (values**2).amax((1, 2)).clamp(min=1e-300)[:, None, None] * count
-    defined = (var_x > tol) & (var_y > tol)
-    return torch.where(defined, covariance.div_(var_x.mul_(var_y).clamp_(min=1e-300).sqrt_()), 0.0)
+    var_x = sum_x.square_().mul_(inv_n).neg_().add_(sum_xx)
+    var_y = sum_y.square_().mul_(inv_n).neg_().add_(sum_yy)
+    defined = (var_x > 1e-12 * sum_xx) & (var_y > 1e-12 * sum_yy)
+    scale = var_x.clamp_(min=0).sqrt_().mul_(var_y.clamp_(min=0).sqrt_())
+    half = torch.where(defined, covariance.div_(scale.clamp_(min=1e-300)), 0.0)
+    return torch.cat([half[:, 1:].flip(1, 2), half], 1)
 
 
-def _lags(circular: torch.Tensor, n_x: int, n_y: int) -> torch.Tensor:
-    """Reorder circular lags [..., 2 n_x, 2 n_y] to [..., 2 n_x - 1, 2 n_y - 1], centre 0."""
-    out = circular.new_empty(circular.shape[:-2] + (2 * n_x - 1, 2 * n_y - 1))
-    for rows_out, rows_in in (
-        (slice(0, n_x - 1), slice(n_x + 1, None)),
-        (slice(n_x - 1, None), slice(0, n_x)),
-    ):
-        for cols_out, cols_in in (
-            (slice(0, n_y - 1), slice(n_y + 1, None)),
-            (slice(n_y - 1, None), slice(0, n_y)),
-        ):
-            out[..., rows_out, cols_out] = circular[..., rows_in, cols_in]
+def _lag_products(a: torch.Tensor, b: torch.Tensor, cache_elements: int = 2**16) -> torch.Tensor:
+    """Direct lag sums out[u, d_x, k] = sum_p a[u, p] b[u, p + (d_x, k - n_y + 1)] over the
+    bins p where both are on the grid, for d_x >= 0: [units, n_x, n_y] (both) ->
+    [units, n_x, 2 n_y - 1]. Row lag d_x is a batched matrix product over the rows that
+    overlap (M[j, j'] = sum_i a[i, j] b[i + d_x, j']), whose diagonals j' - j are the column
+    lags; units go in blocks whose products (``cache_elements`` values) stay in cache."""
+    units, n_x, n_y = a.shape
+    out = a.new_empty(units, n_x, 2 * n_y - 1)
+    block = max(1, cache_elements // (n_y * n_y))
+    for start in range(0, units, block):
+        rows = slice(start, start + block)
+        for d_x in range(n_x):
+            pairs = a[rows, : n_x - d_x].transpose(1, 2) @ b[rows, d_x:]  # [block, n_y, n_y]
+            out[rows, d_x] = _diagonal_sums(pairs)
     return out
 
 
-def _overlap_sums(values: torch.Tensor) -> torch.Tensor:
-    """sum_p values[..., p] over the bins p whose partner p + d is on the grid, for every
-    lag d: [..., n_x, n_y] -> [..., 2 n_x - 1, 2 n_y - 1], as band-matrix products."""
-    band_x, band_y = (_overlap_band(n, values) for n in values.shape[-2:])
-    return band_x @ values @ band_y.T
+def _diagonal_sums(m: torch.Tensor) -> torch.Tensor:
+    """[b, n, n] -> [b, 2 n - 1]: out[b, k] = sum_j m[b, j, j + k - n + 1] (zero off the
+    matrix), read as a sheared view of the zero-padded rows."""
+    batch, n, _ = m.shape
+    padded = torch.nn.functional.pad(m, (n - 1, n - 1))  # [b, n, 3 n - 2], contiguous
+    width = 3 * n - 2
+    return padded.as_strided((batch, n, 2 * n - 1), (n * width, width + 1, 1)).sum(1)
 
 
-def _overlap_band(n: int, like: torch.Tensor) -> torch.Tensor:
-    """[2 n - 1, n] 0/1: row d (lag d - n + 1) selects the bins p with p + lag on the grid."""
-    lag = torch.arange(-(n - 1), n, device=like.device)[:, None]
-    p = torch.arange(n, device=like.device)[None, :]
-    return ((p + lag >= 0) & (p + lag < n)).to(like.dtype)
+def _overlap_sums(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectangle sums of [units, n_x, n_y] for every lag d with d_x >= 0, as products with
+    0/1 band matrices (direct sums): (sum_x, sum_y), each [units, n_x, 2 n_y - 1], sum_x[d]
+    over the bins p whose partner p + d is on the grid, sum_y[d] over those partners."""
+    n_x, n_y = values.shape[-2:]
+    lag = torch.arange(-(n_y - 1), n_y, device=values.device)[:, None]
+    col = torch.arange(n_y, device=values.device)
+    band = ((col + lag >= 0) & (col + lag < n_y)).to(values.dtype)  # [2 n_y - 1, n_y]
+    cols = values @ band.T  # [units, n_x, 2 n_y - 1]
+    row, d_x = torch.arange(n_x, device=values.device), torch.arange(n_x, device=values.device)
+    first = (row[None, :] < n_x - d_x[:, None]).to(values.dtype)  # [d_x, row]
+    last = (row[None, :] >= d_x[:, None]).to(values.dtype)
+    return first @ cols, last @ cols.flip(-1)
 
 
 _OPERATORS: dict = {}
@@ -193,8 +196,10 @@ def grid_scores(
     (DeepMind), ``"minmax"`` min(r60, r120) - max(r30, r90, r150) (Sargolini); the 90-degree
     score is r90 - mean(r45, r135). Each unit gets its best ring (max score).
 
-    Follows DeepMind's ``scores.py`` so scores agree to ~1e-10 on the same maps: unvisited
-    bins count as 0 (``nan_mode="zero"``; ``"exclude"`` drops them instead), rings are
+    Follows DeepMind's ``scores.py`` so scores agree to ~1e-10 on the same maps, also maps
+    spanning many orders of magnitude (the autocorrelogram sums every lag directly, as
+    theirs does): unvisited bins count as 0 (``nan_mode="zero"``; ``"exclude"`` drops them
+    instead), rings are
     ``inner < distance <= outer`` in lag bins with radii = fraction * n
     (``DEEPMIND_RINGS``), rotation is ``scipy.ndimage.rotate(reshape=False)`` (cubic spline,
     zeros outside), reproduced in torch by a cached sparse operator, the +1e-5 in the
