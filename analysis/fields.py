@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from analysis.binning import non_negative_rates
+
 
 @dataclass
 class PlaceFields:
@@ -34,12 +36,7 @@ def place_fields(
     if maps.ndim != 3:
         raise ValueError(f"maps must be [units, bins_x, bins_y], got {tuple(maps.shape)}")
     units, n_x, n_y = maps.shape
-    rates = maps.double()
-    if signed == "shift":
-        rates = rates - torch.nan_to_num(rates, nan=torch.inf).amin((1, 2), keepdim=True)
-    elif signed != "rectify":
-        raise ValueError(f"unknown signed={signed!r}; valid: 'rectify', 'shift'")
-    rates = torch.nan_to_num(rates, nan=0.0).clamp(min=0)
+    rates = non_negative_rates(maps, signed)
     peak = rates.amax((1, 2), keepdim=True)
     inside = (rates >= threshold * peak) & (peak > 0) & ~torch.isnan(maps)
     labels = _connected_components(inside)  # [units, x, y], 0 outside
@@ -151,12 +148,7 @@ def field_skewness(maps: torch.Tensor, signed: str = "rectify") -> torch.Tensor:
     """
     if maps.ndim != 2:
         raise ValueError(f"maps must be [units, positions], got {tuple(maps.shape)}")
-    rates = maps.double()
-    if signed == "shift":
-        rates = rates - torch.nan_to_num(rates, nan=torch.inf).amin(1, keepdim=True)
-    elif signed != "rectify":
-        raise ValueError(f"unknown signed={signed!r}; valid: 'rectify', 'shift'")
-    rates = torch.nan_to_num(rates, nan=0.0).clamp(min=0)
+    rates = non_negative_rates(maps, signed)
     total = rates.sum(1, keepdim=True)
     p = rates / total.clamp(min=1e-300)
     x = torch.arange(maps.shape[1], device=maps.device, dtype=torch.float64)
