@@ -139,6 +139,19 @@ def spatial_information(
     return torch.where(mean > 0, terms.sum(1), 0.0).to(maps.dtype)
 
 
+def non_negative_rates(maps: torch.Tensor, signed: str) -> torch.Tensor:
+    """Rate maps [units, *bins] made non-negative for the scores that need it, in float64:
+    ``signed="rectify"`` clamps negative rates at 0, ``"shift"`` subtracts each map's
+    minimum over its visited bins; unvisited (NaN) bins become 0."""
+    rates = maps.double()
+    if signed == "shift":
+        lowest = torch.nan_to_num(rates, nan=torch.inf).flatten(1).amin(1)
+        rates = rates - lowest.view(-1, *[1] * (maps.ndim - 1))
+    elif signed != "rectify":
+        raise ValueError(f"unknown signed={signed!r}; valid: 'rectify', 'shift'")
+    return torch.nan_to_num(rates, nan=0.0).clamp(min=0)
+
+
 def variance_explained(maps: torch.Tensor, occupancy: torch.Tensor, variance: torch.Tensor):
     """Share of each unit's variance explained by the bin it is in (correlation ratio η²).
 

@@ -1,4 +1,4 @@
-"""Place fields and border cells: connected fields of every rate map at once.
+"""Place fields, border cells and field skewness: the fields of every rate map at once.
 
 Torch, vectorised over units, on whatever device the inputs are on.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from analysis.binning import non_negative_rates
 
 
 @dataclass
@@ -34,12 +36,7 @@ def place_fields(
     if maps.ndim != 3:
         raise ValueError(f"maps must be [units, bins_x, bins_y], got {tuple(maps.shape)}")
     units, n_x, n_y = maps.shape
-    rates = maps.double()
-    if signed == "shift":
-        rates = rates - torch.nan_to_num(rates, nan=torch.inf).amin((1, 2), keepdim=True)
-    elif signed != "rectify":
-        raise ValueError(f"unknown signed={signed!r}; valid: 'rectify', 'shift'")
-    rates = torch.nan_to_num(rates, nan=0.0).clamp(min=0)
+    rates = non_negative_rates(maps, signed)
     peak = rates.amax((1, 2), keepdim=True)
     inside = (rates >= threshold * peak) & (peak > 0) & ~torch.isnan(maps)
     labels = _connected_components(inside)  # [units, x, y], 0 outside
@@ -135,3 +132,28 @@ def border_scores(maps: torch.Tensor, threshold: float = 0.3, min_bins: int = 4)
     d_m = (rates * to_wall).sum((1, 2)) / weight.clamp(min=1e-300) / (min(n_x, n_y) / 2)
     score = (c_m - d_m) / (c_m + d_m).clamp(min=1e-300)
     return torch.where((fields.n_fields > 0) & (weight > 0), score, -1.0)
+
+
+def field_skewness(maps: torch.Tensor, signed: str = "rectify") -> torch.Tensor:
+    """Skewness of each 1-D rate map read as a distribution over position (predictive maps:
+    place fields skew against the direction of travel with experience, Mehta et al. 2000,
+    as the successor representation predicts, Stachenfeld et al. 2017).
+
+    maps [units, positions] (NaN: unvisited, left out) -> [units]. With p(x) = rate(x) /
+    sum rate, mean m and standard deviation s over the position index x:
+    skewness = sum_x p(x) (x - m)^3 / s^3. Negative: a tail towards lower positions (on a
+    track walked towards higher positions, against travel). Rates must be non-negative:
+    ``signed="rectify"`` clamps at 0, ``"shift"`` subtracts each map's minimum. NaN where
+    the map has no mass or all of it in one position.
+    """
+    if maps.ndim != 2:
+        raise ValueError(f"maps must be [units, positions], got {tuple(maps.shape)}")
+    rates = non_negative_rates(maps, signed)
+    total = rates.sum(1, keepdim=True)
+    p = rates / total.clamp(min=1e-300)
+    x = torch.arange(maps.shape[1], device=maps.device, dtype=torch.float64)
+    centred = x - (p * x).sum(1, keepdim=True)
+    variance = (p * centred**2).sum(1)
+    third = (p * centred**3).sum(1)
+    defined = (total[:, 0] > 0) & (variance > 0)
+    return torch.where(defined, third / variance.clamp(min=1e-300) ** 1.5, torch.nan)

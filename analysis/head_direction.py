@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.binning import node_rate_maps
+from analysis.binning import node_rate_maps, non_negative_rates
 
 
 @dataclass
@@ -41,12 +41,7 @@ def head_direction_scores(
     wrapped = heading.double().remainder(2 * torch.pi)
     index = (wrapped / (2 * torch.pi) * bins).floor().long().clamp(0, bins - 1)
     tuning, _ = node_rate_maps(index, activity, bins)
-    rates = tuning.double()
-    if signed == "shift":
-        rates = rates - torch.nan_to_num(rates, nan=torch.inf).amin(1, keepdim=True)
-    elif signed != "rectify":
-        raise ValueError(f"unknown signed={signed!r}; valid: 'rectify', 'shift'")
-    rates = torch.nan_to_num(rates, nan=0.0).clamp(min=0)
+    rates = non_negative_rates(tuning, signed)
     theta = (
         (torch.arange(bins, device=heading.device, dtype=torch.float64) + 0.5) * 2 * torch.pi / bins
     )
