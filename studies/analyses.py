@@ -3,6 +3,8 @@ beyond the shared probe and census stages."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import torch
 
@@ -17,7 +19,8 @@ from studies.study import RunContext
 from tasks import build_task
 from tasks.graph_nav import memory_agent_accuracy, move_curves
 
-GAMMAS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+GAMMAS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+"""SR discounts (gamma = 0 is the identity, whose RDM is constant: no rank correlation)."""
 N_POINTS = 400
 
 
@@ -78,7 +81,7 @@ def successor_rsa(ctx: RunContext) -> dict[str, list[dict]]:
                 {"source": "network", "curve": name, "hook": hook, "x": g, "value": v, "count": 1}
                 for g, v in zip(GAMMAS, values, strict=True)
             ]
-    best = max(range(len(GAMMAS)), key=values.__getitem__)
+    best = max(range(len(GAMMAS)), key=lambda i: -math.inf if math.isnan(values[i]) else values[i])
     metrics += [
         {"metric": "rsa_sr_max", "hook": "", "value": values[best]},
         {"metric": "rsa_sr_best_gamma", "hook": "", "value": GAMMAS[best]},
