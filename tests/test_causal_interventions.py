@@ -12,7 +12,9 @@ from probes.causal.ablation import (
 )
 from probes.causal.edits import run_edited
 from probes.causal.steering import steer
+from probes.fit import fit_probe
 from tasks import Batch
+from tasks.targets import ProbeTarget
 from tests.causal_models import PositionReader, TokenEcho
 
 
@@ -31,6 +33,25 @@ def test_steering_along_the_position_direction_moves_the_decoded_position_as_des
     assert curve.along[alphas == 0].abs().item() < 1e-6
     assert random.abs().max() < 0.1 * along  # random unit directions of the same norm: ~0
     assert curve.random.shape == (8, 9)
+
+
+def test_steering_along_a_fitted_probe_moves_the_output_as_the_probe_predicts():
+    """Fit a ridge probe for the position on the model's own activations, then steer along
+    its direction: the decoded position must move by alpha * probe gain."""
+    model = PositionReader(n=16, d=256, gain=0.5)
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for i in range(6):
+        tokens = torch.randint(16, (200,), generator=g)
+        acts = model.E[tokens] + 0.05 * torch.randn(200, 256, generator=g)
+        batches.append((acts, tokens.float(), i * 10 + torch.arange(200) // 20))
+    probe = fit_probe("ridge", batches, ProbeTarget("position")).probe
+    tokens = torch.randint(5, 11, (8, 6), generator=g)
+    alphas = torch.linspace(-3, 3, 7) / probe.gain()  # moves of up to 3 decoded positions
+    curve = steer(model, tokens, "hook_resid", probe.direction(), alphas, model.expected_position)
+    along, random = curve.slopes()
+    assert along == pytest.approx(probe.gain(), rel=0.05)
+    assert random.abs().mean() < 0.1 * along
 
 
 def test_steering_only_the_chosen_positions():
