@@ -10,15 +10,19 @@ score on it by memorising value -> label pairs, never by reading structure. Sele
 score on the real labels - score on the control task (same probe, same capacity).
 
 * Classification: each class is mapped to a class drawn from the empirical distribution of
-  the labels (H&L's construction), fixed for the whole run.
+  the labels (H&L's construction), fixed for the whole run. Several classes may share an
+  image, so the control's chance accuracy is higher than the real task's (see
+  ``ProbeFit.selectivity_over_chance``).
 * Regression and circular: the value is binned, per dimension, into its distinct values
-  when there are at most ``n_bins`` of them (grid positions, time steps), else into
-  ``n_bins`` quantile bins; a cell is a tuple of bins. Each cell is mapped to a cell drawn
-  from the empirical distribution of cells and takes that cell's centroid (circular mean for
-  angles) as its control value. The control values are real values of the latent, drawn
-  with the latent's own frequencies (the output space and, in expectation, the marginal
-  distribution are kept), but which cell gets which value is random, so any smooth or
-  linear structure linking the activations to the value is destroyed. Cells never seen
+  when there are at most ``n_bins`` (default 20) of them (grid positions, time steps),
+  else into ``n_bins`` quantile bins; a cell is a tuple of bins. Each cell is mapped to a
+  cell drawn from the empirical distribution of cells and takes that cell's centroid
+  (circular mean for angles) as its control value. The control values are real values of
+  the latent, drawn with the latent's own frequencies (the output space and, in
+  expectation, the marginal distribution are kept), but which cell gets which value is
+  random, so any smooth or linear structure linking the activations to the value is
+  destroyed. With c cells a random image still correlates with the value by chance, about
+  1/c of R² on average, which is why the default bins are not coarser. Cells never seen
   when the map was drawn (rare values outside the sample) map by a fixed hash of their id.
 """
 
@@ -106,7 +110,7 @@ def control_task(
     target: ProbeTarget,
     sample: torch.Tensor,
     class_counts: torch.Tensor | None = None,
-    n_bins: int = 10,
+    n_bins: int = 20,
     seed: int = 0,
 ) -> ControlTask:
     """Draw the control task of ``target``: from ``class_counts`` [n_classes] for a

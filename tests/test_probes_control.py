@@ -25,7 +25,7 @@ def test_control_of_grid_positions_maps_each_position_to_a_real_position():
     g = torch.Generator().manual_seed(0)
     grid = torch.cartesian_prod(torch.arange(5.0), torch.arange(4.0))  # 20 positions
     weights = torch.linspace(1, 3, 20)
-    sample = grid[torch.multinomial(weights, 5000, True, generator=g)]
+    sample = grid[torch.multinomial(weights, 2000, True, generator=g)]
     target = ProbeTarget("pos_xy", spatial=True)
     control = control_task(target, sample, seed=1)
     assert len(control.cells) == 20  # each distinct position is its own cell
@@ -37,16 +37,16 @@ def test_control_of_grid_positions_maps_each_position_to_a_real_position():
     torch.testing.assert_close(twice[:20], twice[20:])
     # drawn with the positions' own frequencies (in expectation over draws)
     hits = torch.zeros(20, dtype=torch.float64)
-    for seed in range(400):
+    for seed in range(200):
         table = control_task(target, sample, seed=seed)(grid)
         hits += (table[:, None, :] == grid.double()[None]).all(2).double().sum(0)
     empirical = torch.tensor([(sample == p).all(1).double().mean() for p in grid])
-    torch.testing.assert_close(hits / hits.sum(), empirical, atol=0.01, rtol=0)
+    torch.testing.assert_close(hits / hits.sum(), empirical, atol=0.012, rtol=0)
 
 
 def test_control_of_a_continuous_value_uses_quantile_bins_and_their_centroids():
     g = torch.Generator().manual_seed(0)
-    sample = torch.rand(20000, generator=g) ** 2  # skewed: quantile bins are not uniform
+    sample = torch.rand(5000, generator=g) ** 2  # skewed: quantile bins are not uniform
     target = ProbeTarget("t")
     control = control_task(target, sample, n_bins=10, seed=0)
     assert len(control.cells) == 10
@@ -65,9 +65,9 @@ def test_control_of_a_continuous_value_uses_quantile_bins_and_their_centroids():
         torch.corrcoef(
             torch.stack([sample.double(), control_task(target, sample, seed=s)(sample)])
         )[0, 1]
-        for s in range(200)
+        for s in range(100)
     ]
-    assert abs(torch.stack(corr).nan_to_num().mean()) < 0.06
+    assert abs(torch.stack(corr).nan_to_num().mean()) < 0.08
 
 
 def test_circular_control_values_are_circular_means_of_their_bins():

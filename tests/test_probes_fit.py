@@ -171,7 +171,7 @@ def test_circular_target_is_decoded_from_its_sine_and_cosine():
         )
         batches.append((acts, angle, i * 10 + torch.arange(300) // 30))
     result = fit_probe("ridge", batches, ProbeTarget("heading", kind="circular", period=360.0))
-    assert result.score > 0.95 and result.selectivity > 0.8
+    assert result.score > 0.95 and result.selectivity > 0.6
 
 
 def test_spatial_target_reports_the_proximity_error():

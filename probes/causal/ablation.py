@@ -98,7 +98,7 @@ def loss_changes(
     mode: str,
     mean: torch.Tensor,
     loss: Loss,
-    max_rows: int,
+    max_rows: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean loss [n_batches] and the loss change [conditions, n_batches] when the units of
     each row of ``ablated`` [conditions, k] are set to zero or to their ``mean`` [units]."""
@@ -153,7 +153,7 @@ def ablate(
     mode: str = "zero",
     n_draws: int = 20,
     seed: int = 0,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
 ) -> AblationResult:
     """Ablate ``units`` (indices into the hook's flattened units) of ``hook`` on every
     batch, beside ``n_draws`` draws of as many random and as many variance-matched other
@@ -187,7 +187,7 @@ def ablation_sweep(
     hook: str,
     loss: Loss,
     mode: str = "zero",
-    max_rows: int = 1024,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """Loss change [units, n_batches] from ablating each unit of ``hook`` alone."""
     mean, _ = unit_statistics(model, batches, hook)

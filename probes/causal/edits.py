@@ -6,9 +6,12 @@ Every intervention here is affine per unit of a hook's activation a [batch, pos,
     a' = a * scale + shift          scale, shift: [conditions, units]
 
 zero ablation: scale 0, shift 0 on the ablated units; mean ablation: scale 0, shift = the
-unit's mean; steering: scale 1, shift = alpha * direction. Conditions go through the model
-in chunks of ``max_rows`` sequences ([conditions * batch, pos] inputs), so a sweep over
-many units costs a few large forward passes instead of many small ones.
+unit's mean; steering: scale 1, shift = alpha * direction. By default each condition is
+one forward pass over the batch; ``max_rows`` stacks as many conditions as fit in that many
+sequences into one pass ([conditions * batch, pos] inputs). On 2 CPU cores stacking gained
+at most 1.2x (transformer, LSTM at 128-256 rows) and slowed Mamba down to 0.3x at 1,024
+rows (benchmarks/bench_probes.py), hence the default. On a GPU, where one small batch
+leaves the device idle, stacking should pay; that is not measured here.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def run_edited(
     shift: torch.Tensor,
     reduce: Callable[[torch.Tensor], torch.Tensor],
     positions: torch.Tensor | Sequence[int] | None = None,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """``reduce(logits [batch, pos, d_vocab_out])`` under each condition's edit of ``hook``
     (``scale``, ``shift``: [conditions, units]); returns the results stacked,
@@ -67,7 +70,7 @@ def run_edited(
         )
     batch, length = inputs.shape[:2]
     mask = position_mask(positions, batch, length)
-    per_pass = max(1, max_rows // batch)
+    per_pass = 1 if max_rows is None else max(1, max_rows // batch)
     results = []
     for start in range(0, scale.shape[0], per_pass):
         edit = affine_edit(

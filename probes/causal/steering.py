@@ -52,7 +52,7 @@ def steer(
     positions: torch.Tensor | Sequence[int] | None = None,
     n_random: int = 8,
     seed: int = 0,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
 ) -> DoseResponse:
     """Dose-response of ``readout(logits [batch, pos, d_vocab_out])`` (any shape; its mean
     is taken) to adding ``alpha * direction / |direction|`` to ``hook`` at ``positions``
