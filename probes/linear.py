@@ -177,18 +177,17 @@ def fit_logistic(
     g = torch.Generator().manual_seed(seed)
     shape = (n_tasks, n_pen, n_models, n_classes)  # model (task, penalty, left-out fold | all)
     penalty = torch.tensor(config.penalties)[None, None, :, None, None]
-    weight = bias = None
-    epochs = max(1, math.ceil(config.steps / max(steps_per_epoch, 1)))
+    d = standardize.mean.numel()
+    weight = torch.zeros(d, math.prod(shape), requires_grad=True)
+    bias = torch.zeros(math.prod(shape), requires_grad=True)
+    steps_per_epoch = max(steps_per_epoch, 1)
+    epochs = math.ceil(config.steps / steps_per_epoch)
+    opt, schedule = cosine_adam([weight, bias], config.lr, epochs * steps_per_epoch)
     for _ in range(epochs):
         for x, labels, fold in rows():
             train = fold >= 0
             z, fold = standardize(x[train]), fold[train]
             y = torch.stack([task(labels[train]) for task in tasks], 1)  # [n, tasks]
-            if weight is None:
-                d = x.shape[1]
-                weight = torch.zeros(d, math.prod(shape), requires_grad=True)
-                bias = torch.zeros(math.prod(shape), requires_grad=True)
-                opt, schedule = cosine_adam([weight, bias], config.lr, epochs * steps_per_epoch)
             for idx in torch.randperm(len(z), generator=g).split(config.batch_size):
                 logits = (z[idx] @ weight + bias).view(-1, *shape)
                 target = y[idx][:, :, None, None, None].expand(-1, n_tasks, n_pen, n_models, 1)
@@ -201,8 +200,6 @@ def fit_logistic(
                 loss.backward()
                 opt.step()
                 schedule.step()
-    if weight is None:
-        raise ValueError("no training rows")
     return score_logistic(rows, tasks, standardize, weight.detach(), bias.detach(), shape, config)
 
 
@@ -217,7 +214,7 @@ def score_logistic(
     config: LogisticConfig,
 ) -> list[TaskFit]:
     """Accuracy of every model on its held-out rows; the penalty of best mean CV accuracy
-    (ties: the larger penalty) is reported, with its model fit on all training folds."""
+    (ties: the largest) is reported, with its model fit on all training folds."""
     n_tasks, n_pen, n_models, n_classes = shape
     folds = n_models - 1
     hits_cv = torch.zeros(n_tasks, n_pen, folds)
@@ -240,7 +237,7 @@ def score_logistic(
     fits = []
     w_all, b_all = weight.view(-1, *shape), bias.view(*shape)
     for t in range(n_tasks):
-        best = max(reversed(range(n_pen)), key=lambda p: float(cv[t, p]))
+        best = max(range(n_pen), key=lambda p: (float(cv[t, p]), config.penalties[p]))
         w, b = standardize.linear_in_acts(w_all[:, t, best, folds], b_all[t, best, folds])
         fits.append(
             TaskFit(
