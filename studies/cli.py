@@ -4,7 +4,7 @@
                             [--task NAME ...] [--seed N ...] [--set KEY=VALUE ...]
 
 STAGE is one of ``plan`` (list the runs), ``train``, ``probe``, ``census``, ``analyze``,
-``tables``, ``figures`` (tables, then figures), ``paper`` (all of them) or ``report`` (a
+``causal``, ``tables``, ``figures`` (tables, then figures), ``paper`` (all of them) or ``report`` (a
 Markdown results section from the tables; ``--readme`` puts it into README.md). The selection
 flags narrow the preset's runs alike for every stage: ``--model`` matches an arm name
 (``transformer-rope``) or an architecture (``transformer``); ``--task`` selects the studies'
@@ -28,7 +28,18 @@ from studies.plan import Selection, plan
 from studies.preset import load_preset
 from studies.report import report, write_report
 
-COMMANDS = ("plan", "train", "probe", "census", "analyze", "tables", "figures", "paper", "report")
+COMMANDS = (
+    "plan",
+    "train",
+    "probe",
+    "census",
+    "analyze",
+    "causal",
+    "tables",
+    "figures",
+    "paper",
+    "report",
+)
 README = Path(__file__).resolve().parent.parent / "README.md"
 USER_ERRORS = (ConfigError, CheckpointError, OSError, FloatingPointError, ValueError, KeyError)
 
