@@ -176,6 +176,11 @@ def test_clear_errors():
         rollout(model, x, n_steps=2)
     with pytest.raises(ValueError, match=r"next_input returned shape \(2, 7\)"):
         rollout(model, x, n_steps=2, next_input=lambda logits, step: logits)
+    changed = tiny("mamba")
+    forward = changed.forward
+    changed.forward = lambda inputs: forward(inputs) * 1.01  # something the stepper can't know
+    with pytest.raises(NotImplementedError, match="does not reproduce its forward pass"):
+        rollout(changed, x)
     with pytest.raises(TypeError, match="no stepper for Linear"):
         rollout(torch.nn.Linear(2, 2), x)
     with pytest.raises(ValueError, match="beyond the transformer's n_ctx=32"):
