@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis.spatial import node_rate_maps
+from analysis.binning import node_rate_maps
 
 
 def splitter_index(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.spatial import node_rate_maps, spatial_information
+from analysis.binning import node_rate_maps, spatial_information
 
 
 @dataclass
@@ -40,7 +40,7 @@ def time_fields(
     activity. Width = full width at half maximum: the extent of the contiguous run of bins
     around the peak whose activity is at least ``baseline + (peak - baseline) / 2`` with
     baseline = the curve's minimum (the usual time-cell field width). Temporal information
-    = Skaggs et al. (1993) over time bins (:func:`analysis.spatial.spatial_information`,
+    = Skaggs et al. (1993) over time bins (:func:`analysis.binning.spatial_information`,
     ``signed`` as there).
     """
     if t.ndim != 1 or activity.ndim != 2 or activity.shape[0] != t.shape[0]:
@@ -115,3 +115,40 @@ def scaling(
         (counts > 0).double().mean(),
         entropy / math.log(max(n_bins, 2)),
     )
+
+
+@dataclass
+class Ramping:
+    """Monotonic tuning to time (see :func:`ramp_scores`)."""
+
+    r: torch.Tensor  # [units] Pearson r of activity with time
+    slope: torch.Tensor  # [units] least-squares change of activity per unit of time
+    t_value: torch.Tensor  # [units] slope / its standard error (n - 2 degrees of freedom)
+
+
+def ramp_scores(t: torch.Tensor, activity: torch.Tensor) -> Ramping:
+    """Ramping units: how linearly each unit's activity rises (or falls) with time since the
+    cue, the alternative to a time field (a population of ramps also tells time).
+
+    t [samples] time since the cue, activity [samples, units], restricted by the caller to
+    the samples of interest (e.g. within the delay). Per unit, the least-squares line of
+    activity on t: Pearson r, the slope, and its t statistic
+    ``slope / se = r sqrt((n - 2) / (1 - r^2))``. A time cell with a field mid-delay has
+    r ~ 0; a ramp |r| ~ 1. Units (or times) without variance get 0.
+    """
+    if t.ndim != 1 or activity.ndim != 2 or activity.shape[0] != t.shape[0]:
+        raise ValueError(
+            f"expected t [samples] and activity [samples, units], got {tuple(t.shape)} "
+            f"and {tuple(activity.shape)}"
+        )
+    if len(t) < 3:
+        raise ValueError(f"need at least 3 samples for a slope and its error, got {len(t)}")
+    dt = t.double() - t.double().mean()
+    da = activity.double() - activity.double().mean(0)
+    s_tt, s_ta, s_aa = dt @ dt, dt @ da, (da * da).sum(0)
+    defined = (s_tt > 0) & (s_aa > 0)
+    r = torch.where(defined, s_ta / (s_tt * s_aa).clamp(min=1e-300).sqrt(), 0.0)
+    slope = torch.where(s_tt > 0, s_ta / s_tt.clamp(min=1e-300), 0.0)
+    residual = (1 - r**2).clamp(min=0)
+    t_value = torch.where(defined, r * ((len(t) - 2) / residual.clamp(min=1e-300)).sqrt(), 0.0)
+    return Ramping(r, slope, t_value)

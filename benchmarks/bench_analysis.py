@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis_reference import grid_score, rate_map  # noqa: E402
 
-from analysis.spatial import grid_scores, rate_maps, spatial_information  # noqa: E402
+from analysis.binning import rate_maps, spatial_information  # noqa: E402
+from analysis.gridness import grid_scores  # noqa: E402
 from analysis.stats import shuffle_null  # noqa: E402
 
 

@@ -12,10 +12,11 @@ def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
     """Return ``config`` with ``d_model`` chosen so the model has ``budget`` parameters.
 
     Every other field is kept (an explicit ``d_mlp`` keeps its ratio to ``d_model``).
-    ``d_model`` moves in steps of ``n_heads`` for models that have heads. Raises
+    ``d_model`` moves in steps of ``d_model_multiple`` where the config has one, else of
+    ``n_heads`` for models that have heads. Raises
     ValueError when no width lands within ``tolerance`` (relative).
     """
-    step = getattr(config, "n_heads", 1)
+    step = getattr(config, "d_model_multiple", getattr(config, "n_heads", 1))
 
     def resized(d_model: int):
         fields = {"d_model": d_model}

@@ -4,8 +4,9 @@ Written the way the field's tools compute them (one map or unit at a time:
 ``scipy.signal.correlate2d``, ``scipy.ndimage.rotate``, ``np.histogram2d``), following the
 conventions of DeepMind's grid-cells ``scores.py`` (unvisited bins count as 0, ring masks
 ``inner < r <= outer`` with radii as fractions of the map size, +1e-5 on the ring
-variance). Used as ground truth by ``tests/test_analysis_*.py`` and as the baseline in
-``benchmarks/bench_analysis.py``.
+variance). ``correlate2d`` sums every lag directly, like DeepMind's ``convolve2d`` (no FFT);
+:func:`autocorrelogram_loop` spells the same definition out lag by lag. Used as ground
+truth by ``tests/test_analysis_*.py`` and as the baseline in ``benchmarks/bench_analysis.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,35 @@ def autocorrelogram(rate_map: np.ndarray) -> np.ndarray:
         sd_y = np.sqrt(s_yy / n - (s_y / n) ** 2)
         r = cov / (sd_x * sd_y)
     return np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def autocorrelogram_loop(rate_map: np.ndarray, nan_mode: str = "zero") -> np.ndarray:
+    """DeepMind's ``calculate_sac``, one lag at a time: over the bins p whose partner p + d
+    is on the map, cov = s_xy / n - s_x s_y / n^2, sd = sqrt(s_xx / n - (s_x / n)^2), r =
+    cov / (sd_x sd_y), with undefined r (no variance) set to 0. ``nan_mode="zero"`` counts
+    NaN bins as 0 (DeepMind); ``"exclude"`` drops the pairs where either bin is NaN."""
+    x = np.asarray(rate_map, dtype=np.float64)
+    n_x, n_y = x.shape
+    r = np.zeros((2 * n_x - 1, 2 * n_y - 1))
+    for d_x in range(-(n_x - 1), n_x):
+        for d_y in range(-(n_y - 1), n_y):
+            # Bins p = (i, j) with p and p + d on the map.
+            i, j = slice(max(0, -d_x), n_x - max(0, d_x)), slice(max(0, -d_y), n_y - max(0, d_y))
+            i_d = slice(i.start + d_x, i.stop + d_x)
+            j_d = slice(j.start + d_y, j.stop + d_y)
+            a, b = x[i, j].flatten(), x[i_d, j_d].flatten()
+            if nan_mode == "exclude":
+                both = ~np.isnan(a) & ~np.isnan(b)
+                a, b = a[both], b[both]
+            a, b = np.nan_to_num(a), np.nan_to_num(b)
+            n = len(a)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cov = np.sum(a * b) / n - np.sum(a) * np.sum(b) / n**2
+                sd_a = np.sqrt(np.sum(a**2) / n - (np.sum(a) / n) ** 2)
+                sd_b = np.sqrt(np.sum(b**2) / n - (np.sum(b) / n) ** 2)
+                value = cov / (sd_a * sd_b)
+            r[d_x + n_x - 1, d_y + n_y - 1] = value if np.isfinite(value) else 0.0
+    return r
 
 
 def ring_mask(size: int, n: int, inner: float, outer: float) -> np.ndarray:

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from analysis.binning import rate_maps, spatial_information
+from analysis.gridness import grid_scores
 from analysis.relational import linear_cka, successor_representation
-from analysis.spatial import grid_scores, rate_maps, spatial_information
 from analysis.stats import shuffle_null
 from analysis.temporal import time_fields
 

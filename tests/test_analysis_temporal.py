@@ -1,7 +1,10 @@
+import math
+
 import pytest
+import scipy.stats
 import torch
 
-from analysis.temporal import scaling, time_fields
+from analysis.temporal import ramp_scores, scaling, time_fields
 
 
 def synthetic_time_cells(peaks, widths, samples=20_000, seed=0):
@@ -39,3 +42,25 @@ def test_scaling_slope_and_tiling():
 def test_bad_shapes():
     with pytest.raises(ValueError, match=r"activity \[samples, units\]"):
         time_fields(torch.zeros(5), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"activity \[samples, units\]"):
+        ramp_scores(torch.zeros(5), torch.zeros(4, 2))
+
+
+def test_ramp_scores_against_scipy_linregress():
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(2000, generator=g) * 10
+    noise = torch.randn(2000, 3, generator=g)
+    rising, falling = 0.5 * t + noise[:, 0], -0.2 * t + noise[:, 1]
+    time_cell = torch.exp(-((t - 5) ** 2) / 2) + 0.1 * noise[:, 2]  # field mid-delay
+    activity = torch.stack([rising, falling, time_cell, torch.ones_like(t)], 1)
+    ramp = ramp_scores(t, activity)
+    for u in range(3):
+        fit = scipy.stats.linregress(t.double().numpy(), activity[:, u].double().numpy())
+        assert ramp.r[u].item() == pytest.approx(fit.rvalue, abs=1e-12)
+        assert ramp.slope[u].item() == pytest.approx(fit.slope, rel=1e-10)
+        assert ramp.t_value[u].item() == pytest.approx(fit.slope / fit.stderr, rel=1e-8)
+    # Analytic r of a line plus unit noise: slope sd(t) / sqrt(slope^2 var(t) + 1).
+    sd_t = 10 / math.sqrt(12)
+    assert ramp.r[0].item() == pytest.approx(0.5 * sd_t / math.sqrt(0.25 * sd_t**2 + 1), abs=0.01)
+    assert ramp.r[1] < -0.4 and abs(ramp.r[2]) < 0.05
+    assert ramp.r[3] == 0 and ramp.t_value[3] == 0  # constant unit

@@ -1,13 +1,12 @@
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from models.config import ProbeConfig, load_preset
 from probes.cache import ActivationStore, cache_activations, iterate_batches, layer_hooks
-from probes.decode import decode_layers
+from probes.config import ProbeConfig
+from probes.decode import decode_targets
 from probes.ridge import RidgeStats, fit, fold_of, r2
+from tasks import ProbeTarget
 
 
 def test_streamed_ridge_equals_the_closed_form_on_all_data():
@@ -48,8 +47,10 @@ def fake_batches(n_batches, linear: bool, seed=0):
 
 def test_probe_recovers_a_linear_code_and_finds_nothing_in_noise():
     config = ProbeConfig(folds=3)
-    coded = decode_layers(fake_batches(6, linear=True), ["layer"], config)["layer"]
-    noise = decode_layers(fake_batches(6, linear=False), ["layer"], config)["layer"]
+    target = ProbeTarget("pos_xy", at="is_obs")
+    coded = decode_targets(fake_batches(6, linear=True), ["layer"], [target], config)
+    noise = decode_targets(fake_batches(6, linear=False), ["layer"], [target], config)
+    coded, noise = coded["pos_xy@is_obs", "layer"], noise["pos_xy@is_obs", "layer"]
     assert coded.r2_test > 0.99
     assert noise.r2_test < 0.05
     assert coded.n_test > 0 and coded.n_train > 3 * coded.n_test
@@ -86,30 +87,3 @@ def test_activation_store_round_trip_and_incomplete_store(tmp_path):
     (tmp_path / "acts/index.json").unlink()
     with pytest.raises(FileNotFoundError, match="no complete activation store"):
         ActivationStore.open(tmp_path / "acts")
-
-
-def test_pipeline_train_probe_figure(tmp_path):
-    """The whole spine on a toy budget: train both models, probe, draw the figure."""
-    from analysis.figures import navigation_overview
-    from models.train import resolve_run, train
-    from probes.run import probe_run
-
-    preset = load_preset(
-        "smoke",
-        [
-            f"out_root='{tmp_path}'",
-            "train.steps=4",
-            "train.eval_every=4",
-            "train.checkpoint_every=4",
-            "probe.n_sequences=24",
-        ],
-    )
-    for model in preset.models:
-        train(resolve_run(preset, model, 0), preset.run_dir(model, 0), progress=False)
-        result = probe_run(preset.run_dir(model, 0), preset.probe, progress=False)
-        assert [layer["depth"] for layer in result["layers"]] == [0, 1, 2]
-        saved = json.loads((preset.run_dir(model, 0) / "probe.json").read_text())
-        assert saved == result
-    stem = navigation_overview(preset, 0)
-    for suffix in (".png", ".pdf"):
-        assert stem.with_suffix(suffix).stat().st_size > 1000

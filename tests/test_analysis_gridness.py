@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 from analysis_reference import autocorrelogram as ref_autocorrelogram
+from analysis_reference import autocorrelogram_loop
 from analysis_reference import grid_score as ref_grid_score
 
-from analysis.spatial import autocorrelogram, grid_scores
+from analysis.gridness import autocorrelogram, grid_scores
 
 N = 20
 
@@ -56,10 +57,64 @@ def test_agrees_with_per_map_scipy_reference(maps, variant):
     noisy[1, 3:7, 5:9] = torch.nan  # unvisited bins count as 0, like DeepMind
     result = grid_scores(noisy, variant=variant, details=True)
     expected = np.array([ref_grid_score(m, variant) for m in noisy.numpy()])
-    np.testing.assert_allclose(result.score_60.numpy(), expected[:, 0], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(result.score_90.numpy(), expected[:, 1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(result.score_60.numpy(), expected[:, 0], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(result.score_90.numpy(), expected[:, 1], atol=1e-10, rtol=0)
     sac = autocorrelogram(noisy[:2])
-    np.testing.assert_allclose(sac[1].numpy(), ref_autocorrelogram(noisy[1].numpy()), atol=1e-9)
+    np.testing.assert_allclose(sac[1].numpy(), ref_autocorrelogram(noisy[1].numpy()), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def wide_range_maps():
+    """Maps whose values span 20 to 100 orders of magnitude: Gaussian place fields (their
+    tails) at off-grid centres, and a hexagonal grid of narrow bumps."""
+    rng = np.random.default_rng(0)
+    x = torch.arange(N, dtype=torch.float64)
+    fields = []
+    for width in (0.8, 1.0, 1.3, 1.6, 2.0):
+        cx, cy = rng.uniform(3, N - 3, 2)
+        fields.append(
+            torch.exp(-((x[:, None] - cx) ** 2 + (x[None, :] - cy) ** 2) / (2 * width**2))
+        )
+    fields.append(torch.exp(12 * (lattice(7, 10) - 3)))  # lattice peaks at 3
+    maps = torch.stack(fields)
+    assert (maps.amax((1, 2)) / maps.amin((1, 2)) > 1e20).all()
+    return maps
+
+
+def test_autocorrelogram_is_exact_on_a_wide_dynamic_range(wide_range_maps):
+    """Every lag agrees with DeepMind's definition summed lag by lag, also on the lags whose
+    overlap holds only a field's far tails (an FFT gets those wrong by up to 1)."""
+    for rate_map in wide_range_maps:
+        np.testing.assert_allclose(
+            autocorrelogram(rate_map[None])[0].numpy(),
+            autocorrelogram_loop(rate_map.numpy()),
+            atol=1e-12,
+            rtol=0,
+        )
+    holed = wide_range_maps[[0, 5]].clone()
+    holed[:, 2:5, 6:11] = torch.nan
+    holed[:, 15:, :3] = torch.nan
+    for mode in ("zero", "exclude"):
+        sac = autocorrelogram(holed, nan_mode=mode)
+        for ours, rate_map in zip(sac, holed, strict=True):
+            expected = autocorrelogram_loop(rate_map.numpy(), nan_mode=mode)
+            np.testing.assert_allclose(ours.numpy(), expected, atol=1e-12, rtol=0)
+    rectangle = wide_range_maps[3, 2:14, 1:18]  # n_x != n_y
+    np.testing.assert_allclose(
+        autocorrelogram(rectangle[None])[0].numpy(),
+        autocorrelogram_loop(rectangle.numpy()),
+        atol=1e-12,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("variant", ["mean", "minmax"])
+def test_grid_scores_agree_on_a_wide_dynamic_range(wide_range_maps, variant):
+    result = grid_scores(wide_range_maps, variant=variant, details=True)
+    expected = np.array([ref_grid_score(m, variant) for m in wide_range_maps.numpy()])
+    np.testing.assert_allclose(result.score_60.numpy(), expected[:, 0], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.score_90.numpy(), expected[:, 1], atol=1e-9, rtol=0)
+    assert result.score_60[-1] > 0.3 > result.score_60[:-1].max()  # the grid of bumps
 
 
 def test_float32_input_and_holes_do_not_crash_or_bias(maps):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from analysis.spatial import node_rate_maps, rate_maps, spatial_information, variance_explained
+from analysis.binning import node_rate_maps, rate_maps, spatial_information, variance_explained
 
 
 def gaussian_cell(pos, centre, width):
