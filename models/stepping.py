@@ -99,6 +99,30 @@ class RecurrentStepper(Stepper):
     def read(self, state):
         return state
 
+    @torch.no_grad()
+    def check(self, length: int = 4) -> None:
+        """Raise if stepping a short random sequence differs from the model's forward pass:
+        the model computes something this stepper does not know (a new option, a changed
+        layer), so its states could not be trusted."""
+        cfg, weight = self.model.cfg, self.model.unembed.weight
+        g = torch.Generator().manual_seed(0)
+        if cfg.d_input is not None:
+            inputs = torch.randn(2, length, cfg.d_input, generator=g).to(weight)
+        else:
+            inputs = torch.randint(cfg.d_vocab, (2, length), generator=g).to(weight.device)
+        state, stepped = self.start(2), []
+        for t in range(length):
+            logits, state = self.step(state, inputs[:, t], {})
+            stepped.append(logits)
+        full = self.model(inputs)
+        gap = float((torch.stack(stepped, 1) - full).abs().max())
+        if not gap <= 1e-4 * (1 + float(full.abs().max())):
+            raise NotImplementedError(
+                f"stepping {type(self.model).__name__} does not reproduce its forward pass "
+                f"(max |logit difference| {gap:.2g}): models/stepping.py must learn what the "
+                "model now computes"
+            )
+
 
 class LSTMStepper(RecurrentStepper):
     def __init__(self, model: HookedLSTM):
@@ -230,14 +254,15 @@ class TransformerStepper(Stepper):
 
 
 def stepper_for(model) -> Stepper:
-    """The stepper of ``model`` (an LSTM, a Mamba or a transformer of this lab)."""
+    """The stepper of ``model`` (an LSTM, a Mamba or a transformer of this lab). Recurrent
+    steppers are checked against the model's forward pass on a short random sequence."""
     from transformer_lens import TransformerBridge
 
-    if isinstance(model, HookedLSTM):
-        return LSTMStepper(model)
-    if isinstance(model, MambaLM):
-        return MambaStepper(model)
-    if isinstance(model, TransformerBridge):
+    if isinstance(model, HookedLSTM | MambaLM):
+        stepper = LSTMStepper(model) if isinstance(model, HookedLSTM) else MambaStepper(model)
+        stepper.check()
+        return stepper
+    if isinstance(model, TransformerBridge):  # steps by its own forward pass: nothing to check
         return TransformerStepper(model)
     raise TypeError(
         f"no stepper for {type(model).__name__}; supported: HookedLSTM, MambaLM, TransformerBridge"

@@ -3,14 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
+from models.attention import POSITIONAL
 from probes.causal.patching import greedy_tokens, read_states, rollout
 
 VOCAB = 7
 ARCHS = ("lstm", "mamba", "transformer")
 
 
-def tiny(name: str, n_layers: int = 2, d_input: int | None = None, seed: int = 0):
-    fields = {"d_vocab_out": VOCAB, "d_model": 16, "n_layers": n_layers, "seed": seed}
+def tiny(name: str, n_layers: int = 2, d_input: int | None = None, **extra):
+    fields = {"d_vocab_out": VOCAB, "d_model": 16, "n_layers": n_layers, "seed": 0, **extra}
     fields.update({"d_input": d_input} if d_input else {"d_vocab": VOCAB})
     if name == "transformer":
         fields.update(n_heads=2, n_ctx=32)
@@ -132,10 +133,11 @@ def test_mamba_patch_equals_the_recurrence_written_out_from_cached_hooks():
     torch.testing.assert_close(out.logits, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_transformer_patch_equals_one_hooked_forward_pass():
+@pytest.mark.parametrize("positional", POSITIONAL)
+def test_transformer_patch_equals_one_hooked_forward_pass(positional):
     """Independent reference: in one forward pass a hook edit at position t reaches later
     positions through attention, exactly what the stepper's replayed edit must do."""
-    model, t = tiny("transformer"), 3
+    model, t = tiny("transformer", positional=positional), 3
     x = sequences(2, 9)
     delta = torch.randn(16, generator=torch.Generator().manual_seed(4))
     name = "blocks.0.hook_resid_post"
@@ -176,6 +178,11 @@ def test_clear_errors():
         rollout(model, x, n_steps=2)
     with pytest.raises(ValueError, match=r"next_input returned shape \(2, 7\)"):
         rollout(model, x, n_steps=2, next_input=lambda logits, step: logits)
+    changed = tiny("mamba")
+    forward = changed.forward
+    changed.forward = lambda inputs: forward(inputs) * 1.01  # something the stepper can't know
+    with pytest.raises(NotImplementedError, match="does not reproduce its forward pass"):
+        rollout(changed, x)
     with pytest.raises(TypeError, match="no stepper for Linear"):
         rollout(torch.nn.Linear(2, 2), x)
     with pytest.raises(ValueError, match="beyond the transformer's n_ctx=32"):

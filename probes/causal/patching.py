@@ -4,11 +4,12 @@
 named states at chosen steps, and then keeps going on the model's own predictions: a
 task-supplied ``next_input(logits_t, step)`` turns the logits of one step into the input of
 the next (no teacher forcing). "What does the network predict if its position code is moved
-to node X at step t" is one call::
+to node X at step t" is one call, given the state at step s of a run that was at X::
 
-    code = read_states(model, inputs_at_X, ["blocks.0.hook_resid_post"])  # [batch, pos, d]
-    out = rollout(model, prompt[:, : t + 1], n_steps=10, next_input=greedy,
-                  patches={t: {"blocks.0.hook_resid_post": code[..][:, s]}})
+    h = "blocks.0.hook_resid_post"
+    at_x = read_states(model, inputs_at_x, [h])[h][:, s]  # [batch, d_model]
+    out = rollout(model, prompt[:, : t + 1], n_steps=10, next_input=choose_next,
+                  patches={t: {h: at_x}})  # out.logits [batch, t + 11, d_vocab_out]
 
 State names and what an edit means are documented in :mod:`models.stepping`.
 """
