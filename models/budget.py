@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
+
+import torch
 
 from models.registry import build_model, count_parameters
 
 
 def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
+    """:func:`fit_width` of ``config``, computed once per configuration: the seed does not
+    change the parameter count, so runs that differ only in it share the search."""
+    fields = dataclasses.asdict(config)
+    seed = fields.pop("seed", None)
+    key = (name, json.dumps(fields, sort_keys=True, default=str), budget, tolerance)
+    if key not in _FITTED:
+        _FITTED[key] = fit_width(name, config, budget, tolerance)
+    fitted = _FITTED[key]
+    return (
+        dataclasses.replace(fitted, seed=seed) if "seed" in dataclasses.asdict(config) else fitted
+    )
+
+
+_FITTED: dict[tuple, Any] = {}
+
+
+def fit_width(name: str, config: Any, budget: int, tolerance: float = 0.1):
     """Return ``config`` with ``d_model`` chosen so the model has ``budget`` parameters.
 
     Every other field is kept (an explicit ``d_mlp`` keeps its ratio to ``d_model``).
@@ -35,9 +55,10 @@ def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if size(mid * step) < budget else (lo, mid)
     candidates = [resized(lo * step), resized(hi * step)]
-    if hasattr(config, "d_mlp"):
-        candidates += [fit_mlp_width(name, c, budget) for c in candidates]
     best = min(candidates, key=lambda c: abs(count(name, c) - budget))
+    if abs(count(name, best) - budget) > tolerance * budget and hasattr(config, "d_mlp"):
+        candidates = [fit_mlp_width(name, c, budget) for c in candidates]
+        best = min(candidates, key=lambda c: abs(count(name, c) - budget))
     n_params = count(name, best)
     if abs(n_params - budget) > tolerance * budget:
         raise ValueError(
@@ -48,7 +69,10 @@ def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
 
 
 def count(name: str, config: Any) -> int:
-    return count_parameters(build_model(name, config))
+    """Parameters of model ``name`` built from ``config`` (on the meta device: no memory
+    is allocated and nothing is initialised)."""
+    with torch.device("meta"):
+        return count_parameters(build_model(name, config))
 
 
 def fit_mlp_width(name: str, config: Any, budget: int):
