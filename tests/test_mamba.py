@@ -10,6 +10,7 @@ import models.mamba.model as mamba_model
 from models import build_model
 from models.mamba import MambaConfig, MambaLM, MambaMixer
 from models.mamba.compiled import compile_error, compiled_kernels
+from models.mamba.fused import fused_selective_scan
 from models.mamba.scan import readout, reference_scan, selective_scan, transition
 
 CONFIG = MambaConfig(d_model=16, n_layers=2, d_vocab=11, d_vocab_out=7, d_state=8, seed=0)
@@ -104,6 +105,16 @@ def test_selective_scan_equals_reference_across_chunk_boundaries(chunk, signed):
     )
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_fused_scan_equals_reference_across_chunk_boundaries(chunk, signed):
+    """The eager training path: y and all input gradients, with the state and its gradient
+    carried over chunk boundaries (chunk 64 > L: one chunk)."""
+    assert_scan_matches_reference(
+        lambda *inputs: fused_selective_scan(*inputs, signed=signed, chunk=chunk), signed
+    )
+
+
 def trajectory_readout(signed, chunk, kernels=None):
     """A scan through the state trajectory: selective_scan's states, read out by C . h
     (so every gradient reaches the inputs through the trajectory)."""
@@ -171,6 +182,7 @@ def test_signed_transitions_flip_the_state_sign_and_compute_parity():
     scans = {
         "reference": lambda signed: reference_readout(x, dt, A, B, C, signed),
         "selective": lambda signed: selective_scan(x, dt, A, B, C, signed, chunk=5),
+        "fused": lambda signed: fused_selective_scan(x, dt, A, B, C, signed, chunk=5),
         "trajectory": lambda signed: selective_scan(
             x, dt, A, B, C, signed, chunk=5, with_states=True
         )[1][..., 0],
@@ -324,20 +336,24 @@ def test_compiled_request_without_a_compiler_warns_and_uses_fast(monkeypatch):
 
 
 def test_fast_path_materialises_the_state_only_when_hooked(monkeypatch):
-    """Without a hook on hook_ssm_state the fused scan never builds the
-    [batch, pos, d_inner, d_state] trajectory; caching it switches to the trajectory scan."""
+    """Without a hook on hook_ssm_state the fused scan runs (it returns only y); caching
+    the state switches to the chunked scan that returns the trajectory."""
     model = MambaLM(CONFIG)
     tokens = torch.randint(0, 11, (2, 6))
     calls = []
 
-    def spy(*args, with_states=False, **kwargs):
-        calls.append(with_states)
-        return selective_scan(*args, with_states=with_states, **kwargs)
+    def spy(scan):
+        def called(*args, with_states=False, **kwargs):
+            calls.append(with_states if scan is selective_scan else "fused")
+            return scan(*args, **({"with_states": True} if with_states else {}), **kwargs)
 
-    monkeypatch.setattr(mamba_model, "selective_scan", spy)
+        return called
+
+    monkeypatch.setattr(mamba_model, "selective_scan", spy(selective_scan))
+    monkeypatch.setattr(mamba_model, "fused_selective_scan", spy(fused_selective_scan))
     model(tokens, scan="fast")
     model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_ssm_dt"))
-    assert calls == [False] * 4
+    assert calls == ["fused"] * 4
     _, cache = model.run_with_cache(tokens, scan="fast")
     assert calls[4:] == [True] * 2
     assert cache["blocks.0.mixer.hook_ssm_state"].shape == (2, 6, 32, 8)

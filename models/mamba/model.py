@@ -25,10 +25,11 @@ diagonal SSM flip its state's sign, as parity and other state-tracking tasks nee
 Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rounding
 (:mod:`models.mamba.scan`):
   "reference"  the recurrence as a Python loop under autograd (the executable definition)
-  "fast"       chunked scans with hand-written backward passes, as plain PyTorch: the fused
-               readout y = C . h, which never stores the state trajectory, unless
-               ``hook_ssm_state`` has a hook (``run_with_cache``, ``run_with_hooks``,
-               ``add_hook``); then a scan that returns the whole trajectory for the hook
+  "fast"       plain PyTorch with hand-written backward passes: the fused scan of
+               :mod:`models.mamba.fused`, which never stores more than the state trajectory
+               for its backward, unless ``hook_ssm_state`` has a hook (``run_with_cache``,
+               ``run_with_hooks``, ``add_hook``); then the chunked scan of
+               :mod:`models.mamba.scan`, which returns the whole trajectory for the hook
   "compiled"   the same chunked scans with their chunk kernels compiled by torch.compile
                (C++ on CPU, Triton on CUDA; compiled once per shape, seconds each); where
                torch.compile cannot build kernels it warns (naming the reason) and uses "fast"
@@ -55,6 +56,7 @@ from transformer_lens.hook_points import HookPoint
 
 from models.embedding import InputEmbedding
 from models.mamba.compiled import compile_error, compiled_kernels
+from models.mamba.fused import fused_selective_scan
 from models.mamba.scan import (
     EAGER,
     EIGENVALUES,
@@ -190,6 +192,8 @@ class MambaMixer(nn.Module):
             decay = transition(dt, A, signed)[0]  # [batch, L, E, N]
             states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
             y = readout(self.hook_ssm_state(states), C) + self.D * x
+        elif not self._state_wanted() and scan == "fast":
+            y = fused_selective_scan(x, dt, A, B, C, signed) + self.D * x
         elif not self._state_wanted():
             y = selective_scan(x, dt, A, B, C, signed, kernels=kernels) + self.D * x
         else:
