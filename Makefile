@@ -15,7 +15,7 @@ SELECT = --preset $(PRESET) $(foreach s,$(STUDY),--study $(s)) $(foreach m,$(MOD
 STUDIES = $(PY) -m studies
 
 .DEFAULT_GOAL := help
-.PHONY: help install plan train probe census analyze tables figures paper test test-slow \
+.PHONY: help install plan train probe census analyze causal tables figures paper test test-slow \
 	test-gpu bench lint clean
 
 help: ## List the targets
@@ -41,13 +41,16 @@ census: ## Score every unit (place, grid, border, time, ramp, splitter...) again
 analyze: ## The studies' own analyses (memory agents, RSA against the SR, belief simplex...)
 	$(STUDIES) analyze $(SELECT)
 
+causal: ## Ablate labelled populations (vs random/matched units); steer along probe directions
+	$(STUDIES) causal $(SELECT)
+
 tables: ## Gather every finished run into runs/<experiment>/results/*.csv
 	$(STUDIES) tables $(SELECT)
 
 figures: ## Tables, then one paper figure per study (PNG + PDF) in runs/<experiment>/figures/
 	$(STUDIES) figures $(SELECT)
 
-paper: ## Every stage for every selected study: train probe census analyze tables figures
+paper: ## Every stage for every selected study: train probe census analyze causal tables figures
 	$(STUDIES) paper $(SELECT)
 
 test: ## Fast test suite (CPU, a few minutes)

@@ -1,15 +1,16 @@
 """The stages of a study, each over a list of planned runs:
 
-    train -> probe -> census -> analyze -> tables -> figures
+    train -> probe -> census -> analyze -> causal -> tables -> figures
 
 ``train`` resumes runs that exist and skips finished ones; ``probe`` caches activations on
 held-out environments and decodes the task's targets; ``census`` scores every unit;
-``analyze`` runs the study's own analyses; ``tables`` gathers every finished run of the
+``analyze`` runs the study's own analyses; ``causal`` ablates the labelled populations and
+steers along probe directions (:mod:`studies.causal`); ``tables`` gathers every finished run of the
 experiment into ``results/*.csv``; ``figures`` draws each study's figure from those tables.
 
 Every stage that writes a run directory holds its lock (:mod:`lab.lock`) and records what
-each artefact was made from (:mod:`lab.provenance`); ``analyze`` refuses probe outputs made
-with other settings, and ``tables`` refuses any artefact not made from the run's config,
+each artefact was made from (:mod:`lab.provenance`); ``analyze`` and ``causal`` refuse
+inputs made with other settings, and ``tables`` refuses any artefact not made from the run's config,
 its final checkpoint and the preset's settings, so no figure is drawn from stale results.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.census import OUTPUTS as CENSUS_OUTPUTS
 from analysis.census import census_run
 from analysis.figures import draw_figure
 from analysis.tables import PER_RUN_TABLES, RunRecord, write_tables
@@ -29,10 +31,11 @@ from lab.lock import run_lock
 from models.train import SUMMARY, train
 from probes.run import OUTPUTS as PROBE_OUTPUTS
 from probes.run import probe_run
+from studies.causal import causal_run
 from studies.plan import PlannedRun
 from studies.study import RunContext
 
-STAGES = ("train", "probe", "census", "analyze", "tables", "figures")
+STAGES = ("train", "probe", "census", "analyze", "causal", "tables", "figures")
 
 
 def train_stage(runs: list[PlannedRun], progress: bool = True) -> None:
@@ -71,15 +74,7 @@ def analyze_run(planned: PlannedRun) -> list[str]:
     ``<table>.csv`` per table they return; return the table names. The probe outputs they
     may read must be made with the preset's probe settings."""
     with run_lock(planned.run_dir):
-        inputs = provenance.read_manifest(planned.run_dir)
-        for name in PROBE_OUTPUTS:
-            if name in inputs or (planned.run_dir / name).exists():
-                provenance.require(
-                    planned.run_dir,
-                    name,
-                    "run the probe stage again",
-                    **origin_of("probe", planned),
-                )
+        require_inputs(planned, {"probe": PROBE_OUTPUTS})
         context = RunContext(planned.run_dir, planned.run, planned.preset)
         tables: dict[str, list[dict]] = {}
         for analysis in planned.study.analyses:
@@ -92,11 +87,39 @@ def analyze_run(planned: PlannedRun) -> list[str]:
     return sorted(tables)
 
 
+def causal_stage(runs: list[PlannedRun], progress: bool = True) -> None:
+    for planned in runs:
+        print(f"causal {planned.label}: {len(causal_in_run(planned))} rows", flush=True)
+
+
+def causal_in_run(planned: PlannedRun) -> list[dict]:
+    """Run the causal interventions of one run, holding its lock; write and record
+    ``causal.csv``. The probe and census outputs it reads must be made with the preset's
+    settings."""
+    with run_lock(planned.run_dir):
+        require_inputs(planned, {"probe": PROBE_OUTPUTS, "census": CENSUS_OUTPUTS})
+        made_from = origin_of("causal", planned)
+        with provenance.rewriting(planned.run_dir, ["causal.csv"], made_from):
+            return causal_run(planned.run_dir, planned.preset.causal, planned.study.steering)
+
+
+def require_inputs(planned: PlannedRun, inputs: dict[str, tuple[str, ...]]) -> None:
+    """StaleError unless each artefact of ``inputs`` (stage -> names) that the run has is
+    complete and made as :func:`origin_of` says for its stage."""
+    recorded = provenance.read_manifest(planned.run_dir)
+    for stage, names in inputs.items():
+        for name in names:
+            if name in recorded or (planned.run_dir / name).exists():
+                remedy = f"run the {stage} stage again"
+                provenance.require(planned.run_dir, name, remedy, **origin_of(stage, planned))
+
+
 STAGE_SETTINGS = {
     "train": (),
     "probe": ("probe",),
     "census": ("probe", "census"),
     "analyze": ("probe",),
+    "causal": ("probe", "census", "causal"),
 }
 """The preset settings each stage's artefacts depend on (besides the run config)."""
 
@@ -104,7 +127,7 @@ STAGE_SETTINGS = {
 def origin_of(stage: str, planned: PlannedRun) -> dict:
     """What an artefact of ``stage`` of a current run is made from: the run's config, its
     final step and the preset's settings of the stages it depends on."""
-    settings = {"probe": vars(planned.preset.probe), "census": vars(planned.preset.census)}
+    settings = {key: vars(getattr(planned.preset, key)) for key in ("probe", "census", "causal")}
     return provenance.origin(
         stage,
         provenance.fingerprint(planned.run),
@@ -168,4 +191,5 @@ STAGE_FUNCTIONS: dict[str, Callable[..., None]] = {
     "probe": probe_stage,
     "census": census_stage,
     "analyze": analyze_stage,
+    "causal": causal_stage,
 }
