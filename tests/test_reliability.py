@@ -27,6 +27,7 @@ from models.checkpoint import CheckpointError
 from models.train import train
 from probes.config import ProbeConfig
 from probes.run import load_trained, probe_run
+from studies.cli import main as studies_main
 from studies.pipeline import analyze_run, census_stage, probe_stage, tables_stage, train_stage
 from studies.plan import Selection, plan
 from studies.preset import load_preset
@@ -314,7 +315,7 @@ def test_a_probe_killed_midway_leaves_nothing_census_or_tables_accept(pipeline_r
     def killed(*args):
         raise KeyboardInterrupt  # after the activations are cached, before probes.csv
 
-    monkeypatch.setattr(probes.run, "decode_targets", killed)
+    monkeypatch.setattr(probes.run, "fit", killed)
     with pytest.raises(KeyboardInterrupt):
         probe_run(pipeline_run.run_dir, ProbeConfig(n_sequences=24, batch_size=8, folds=3))
     assert (pipeline_run.run_dir / "activations").is_dir()
@@ -394,7 +395,7 @@ def test_the_probe_refuses_an_unfinished_run(tmp_path):
 def test_too_few_probe_sequences_are_refused_and_good_results_kept(pipeline_run):
     run_dir = pipeline_run.run_dir
     before = {p: (run_dir / p).read_bytes() for p in ("probes.csv", "provenance.json")}
-    with pytest.raises(ConfigError, match=r"probe.n_sequences=4 is too few .* \[1, 0, 2, 1\]"):
+    with pytest.raises(ConfigError, match=r"probe.n_sequences=4 is too few .* fold: \[.*\b0\b"):
         probe_run(run_dir, ProbeConfig(n_sequences=4, batch_size=4, folds=3))
     assert {p: (run_dir / p).read_bytes() for p in before} == before
     tables(pipeline_run)
@@ -420,6 +421,52 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_config(tmp_path,
     with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
         train(smoke_run(), tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+
+
+# 6. User errors print one line from the command line, naming the file.
+
+
+def cli_error(capsys, *argv):
+    """(exit status, stderr) of ``python -m studies`` with ``argv``, in this process."""
+    try:
+        with pytest.raises(SystemExit) as exit:
+            studies_main(list(argv))
+    finally:
+        torch.set_flush_denormal(False)  # set by the entry point
+    return exit.value.code, capsys.readouterr().err
+
+
+def smoke_args(out_root, stage="train"):
+    sets = [f"out_root={out_root}", *TINY]
+    return [stage, "--preset", "smoke", "--study", "navigation", "--model", "lstm", "--set", *sets]
+
+
+def test_user_errors_print_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("experiment = \n")
+    run_dir = planned_run(tmp_path).run_dir
+    cases = {"not valid TOML": ["plan", "--preset", str(bad)]}
+    cases["train.steps must be a whole number >= 1, got 0"] = [
+        *smoke_args(tmp_path),
+        "train.steps=0",
+    ]
+    for expected, argv in cases.items():
+        status, err = cli_error(capsys, *argv)
+        assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
+        assert expected in err
+    assert str(bad) in cli_error(capsys, *cases["not valid TOML"])[1]
+    with lock_held_elsewhere(run_dir):
+        status, err = cli_error(capsys, *smoke_args(tmp_path))
+    assert status == 2 and err.count("\n") == 1 and f"{run_dir} is in use by another" in err
+    with FillingDisk(run_dir, 0).mounted(monkeypatch):
+        status, err = cli_error(capsys, *smoke_args(tmp_path))
+    assert status == 2 and err.count("\n") == 1
+    assert f"No space left on device: '{run_dir / 'config.json'}'" in err
+    try:  # --debug: the traceback
+        with pytest.raises(ConfigError, match="train.steps must be"):
+            studies_main(["plan", "--debug", "--preset", "smoke", "--set", "train.steps=0"])
+    finally:
+        torch.set_flush_denormal(False)
 
 
 # 8. Leftovers of killed writers.
