@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+from safetensors.torch import save
+
 TEMPORARY = "*.tmp"
 """Names of unfinished writes: ``.<name>.<pid>.tmp`` files and ``<name>.tmp`` directories."""
 
@@ -44,6 +47,15 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """``tensors`` as a safetensors file at ``path``, atomically. Written by Python, not by
+    safetensors' own writer, whose errors (a full disk) are no OSError and name no file."""
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def remove_temporaries(directory: Path) -> list[Path]:

@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import nn
 
-from lab.io import atomic_write
+from lab.io import write_tensors
 from lab.provenance import canonical, differences, fingerprint
 
 META_KEY = "cogmap"
@@ -72,8 +71,7 @@ def save_checkpoint(
         "totals": totals,
     }
     meta["checksum"] = checksum(tensors, canonical(meta))
-    data = save(tensors, metadata={META_KEY: canonical(meta)})
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    write_tensors(path, tensors, metadata={META_KEY: canonical(meta)})
 
 
 def load_checkpoint(

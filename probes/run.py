@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from lab import provenance
 from lab.config import ConfigError
-from lab.io import atomic_write, read_json, write_csv
+from lab.io import read_json, write_csv, write_tensors
 from lab.lock import run_lock
 from lab.streams import PROBE, generator, resolve_device
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -176,7 +175,7 @@ def probe_rows(run_dir: Path, config: ProbeConfig, run, task, model, device, pro
                         value = getattr(trained.probe, name).float().contiguous()
                         weights[f"{target.name}|{hook}/{name}"] = value
     write_csv(run_dir / "probes.csv", rows)
-    atomic_write(run_dir / "probe_weights.safetensors", lambda tmp: save_file(weights, tmp))
+    write_tensors(run_dir / "probe_weights.safetensors", weights)
     return rows
 
 

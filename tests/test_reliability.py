@@ -166,6 +166,35 @@ def test_a_disk_that_fills_during_any_write_of_a_run_loses_nothing(tmp_path, mon
     }
 
 
+def test_a_disk_that_fills_while_probing_names_the_file_and_loses_nothing(
+    pipeline_run, monkeypatch
+):
+    """Safetensors' own writer reported a full disk as a SafetensorError naming no file."""
+    run_dir = pipeline_run.run_dir
+    disk = FillingDisk(run_dir)
+    with disk.mounted(monkeypatch):
+        probe_stage([pipeline_run], progress=False)
+    probed = (run_dir / "probes.csv").read_bytes()
+    first_write = {}
+    for index, name in enumerate(disk.writes):
+        first_write.setdefault(final_name(name), index)
+    assert set(first_write) >= {
+        "provenance.json",
+        "shard00000.safetensors",
+        "index.json",
+        "probes.csv",
+        "probe_weights.safetensors",
+    }
+    for name, index in first_write.items():
+        with FillingDisk(run_dir, index).mounted(monkeypatch), pytest.raises(OSError) as full:
+            probe_stage([pipeline_run], progress=False)
+        assert full.value.errno == errno.ENOSPC and Path(full.value.filename).name == name
+        probe_stage([pipeline_run], progress=False)  # space is back
+        assert (run_dir / "probes.csv").read_bytes() == probed
+        assert not list(run_dir.rglob("*.tmp"))
+        tables(pipeline_run)
+
+
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
     run = smoke_run()
     train(run, tmp_path / "straight", progress=False)
