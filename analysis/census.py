@@ -5,7 +5,9 @@ a label where the score is significant.
 Reads the run's activation store (held-out environments, see :mod:`probes.cache`) and the
 task's :meth:`~tasks.Task.rate_maps` declarations; writes ``cells.csv`` (one row per hook,
 unit and score: :data:`CELL_COLUMNS`) and ``census.csv`` (per-run summaries: the fraction of
-units carrying each label, per hook and pooled, and the scores' population statistics).
+units carrying each label, per hook and pooled, and the scores' population statistics),
+holding the run's lock and recording both as made from the activations and the census
+settings (:mod:`lab.provenance`).
 
 Scores, nulls and labels (p < ``alpha``, one-sided, ``(1 + #null >= observed) / (1 + n)``):
 
@@ -57,8 +59,10 @@ from analysis.stats import (
     sequence_shift_null,
 )
 from analysis.temporal import ramp_scores, scaling, time_fields
+from lab import provenance
 from lab.config import require
 from lab.io import read_json, write_csv
+from lab.lock import run_lock
 from lab.streams import CENSUS, generator
 from probes.cache import ActivationStore
 from tasks import ArenaMaps, GraphMaps, RouteMaps, TimeMaps, TrackMaps, TuningMaps, build_task
@@ -98,6 +102,7 @@ class CensusConfig:
 
 CELL_COLUMNS = ("network", "hook", "depth", "unit", "map", "score", "value", "p_value", "label")
 """network: "trained" or "untrained" (the same architecture at initialisation)."""
+OUTPUTS = ("cells.csv", "census.csv")
 
 
 @dataclass
@@ -402,13 +407,43 @@ def select(spec, acts: torch.Tensor, latents: dict[str, torch.Tensor]) -> Sample
 def census_run(run_dir: Path, config: CensusConfig, progress: bool = True) -> dict[str, float]:
     """Score every unit of every cached hook of a probed run, trained and (with
     ``config.untrained``) at initialisation; write ``cells.csv`` and ``census.csv``; return
-    the trained network's pooled label fractions."""
+    the trained network's pooled label fractions. Holds the run's lock; activations that
+    are incomplete or of another run config are refused, and both files are recorded as
+    made from the activations and ``config`` (:mod:`lab.provenance`)."""
     run_dir = Path(run_dir)
-    run = read_json(run_dir / "config.json", "run config (train the run first)")
+    with run_lock(run_dir):
+        run = read_json(run_dir / "config.json", "run config (train the run first)")
+        networks = {"trained": "activations"}
+        if config.untrained:
+            networks["untrained"] = "activations_untrained"
+        for folder in networks.values():
+            cached = provenance.require(
+                run_dir,
+                folder,
+                "run the probe stage again",
+                stage="probe",
+                fingerprint=provenance.fingerprint(run),
+            )
+        rows, summary = census_tables(run_dir, run, networks, config, progress)
+        made_from = provenance.origin(
+            "census",
+            cached["fingerprint"],
+            cached["step"],
+            probe=cached["probe"],
+            census=vars(config),
+        )
+        with provenance.rewriting(run_dir, OUTPUTS, made_from):
+            write_csv(run_dir / "cells.csv", rows)
+            write_csv(run_dir / "census.csv", summary)
+    return {r["metric"]: round(r["value"], 3) for r in summary if r["hook"] == ""}
+
+
+def census_tables(
+    run_dir: Path, run: dict, networks: dict[str, str], config: CensusConfig, progress: bool
+) -> tuple[list[dict], list[dict]]:
+    """The rows of ``cells.csv`` and ``census.csv`` of the activation stores
+    ``networks`` (network -> folder of ``run_dir``)."""
     task = build_task(run["task"], run["task_config"])
-    networks = {"trained": "activations"}
-    if config.untrained:
-        networks["untrained"] = "activations_untrained"
     rows, summary = [], []
     for network, folder in networks.items():
         store = ActivationStore.open(run_dir / folder)
@@ -418,9 +453,7 @@ def census_run(run_dir: Path, config: CensusConfig, progress: bool = True) -> di
         summary += [
             {**row, "metric": row["metric"] + suffix} for row in summarise(mine, store.hooks)
         ]
-    write_csv(run_dir / "cells.csv", rows)
-    write_csv(run_dir / "census.csv", summary)
-    return {r["metric"]: round(r["value"], 3) for r in summary if r["hook"] == ""}
+    return rows, summary
 
 
 def score_store(

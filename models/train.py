@@ -1,13 +1,16 @@
 """One training loop for every model and task.
 
 ``train(run, out_dir)`` trains the resolved run config ``run`` (see :mod:`models.run`) into
-``out_dir``: ``config.json`` (the run config), ``checkpoint.safetensors`` (weights, AdamW
-state, step, RNG), ``metrics.jsonl`` (one JSON object per log or eval line) and
-``summary.json`` at the end (final held-out metrics and curves). The command line is
-``python -m studies train`` (see :mod:`studies.cli`).
+``out_dir``, holding the directory's lock (:mod:`lab.lock`): ``config.json`` (the run
+config), ``checkpoint.safetensors`` (weights, AdamW state, step, running sums; see
+:mod:`models.checkpoint`), ``timing.json`` (training seconds at each checkpoint),
+``metrics.jsonl`` (one JSON object per log or eval line) and ``summary.json`` at the end
+(final held-out metrics and curves, recorded in :mod:`lab.provenance`). The command line
+is ``python -m studies train`` (see :mod:`studies.cli`).
 
-Batches are a pure function of (seed, step), so a resumed run sees exactly the data an
-uninterrupted one would: on CPU the final weights are bitwise identical.
+Batches are a pure function of (seed, step), and nothing else random is drawn, so a
+resumed run sees exactly the data an uninterrupted one would: on CPU the final weights,
+the checkpoint file, the logged losses and the totals are identical.
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from lab.config import require
-from lab.io import atomic_write, read_json, write_json
+from lab import provenance
+from lab.config import from_dict, require
+from lab.io import LineLog, atomic_write, read_json, read_json_lines, write_json
+from lab.lock import run_lock
+from lab.provenance import differences, fingerprint
 from lab.streams import EVAL, TRAIN, generator, resolve_device
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.registry import count_parameters, to_device
@@ -68,6 +75,28 @@ class TrainConfig:
         require(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
         resolve_device(self.device)
+
+
+CONFIG, CHECKPOINT, METRICS, TIMING, SUMMARY = (
+    "config.json",
+    "checkpoint.safetensors",
+    "metrics.jsonl",
+    "timing.json",
+    "summary.json",
+)
+"""The files of a run directory that training writes."""
+
+
+@dataclass
+class Totals:
+    """Running sums of the training loop, carried in the checkpoint so that a resumed run
+    reports what an uninterrupted one does."""
+
+    loss_sum: float = 0.0
+    """Sum of the training losses since the last log line."""
+    loss_count: int = 0
+    tokens: int = 0
+    """Tokens trained on so far."""
 
 
 TUNABLE = frozenset({"lr", "weight_decay", "warmup_steps", "grad_clip"})
@@ -146,42 +175,38 @@ def train(
     stop_at: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train one run into ``out_dir``; return its summary.
+    """Train one run into ``out_dir``, holding its lock (:mod:`lab.lock`); return its summary.
 
-    resume:  continue from ``out_dir/checkpoint.safetensors`` if there is one. Without it
-             an existing checkpoint is an error (nothing is overwritten).
+    resume:  continue from ``out_dir/checkpoint.safetensors`` if there is one (a finished
+             run returns its summary). Without it an existing checkpoint is an error
+             (nothing is overwritten).
     stop_at: stop after this step, as if killed (only checkpoints already due are written).
+
+    The run config is checked (every training field; the task and model are built) before
+    anything is written. A fresh start clears the directory's derived artefacts (see
+    :mod:`lab.provenance`); one that fails before its first checkpoint removes what it wrote.
     """
     out_dir = Path(out_dir)
-    config = TrainConfig(**run["train"])
+    config = from_dict(TrainConfig, run["train"], f"{out_dir / CONFIG} [train]")
     device = resolve_device(config.device)
-    ckpt_path, metrics_path = out_dir / "checkpoint.safetensors", out_dir / "metrics.jsonl"
     task, model = build_run(run)
     model = to_device(model, device)
+    with run_lock(out_dir, create=True):
+        fresh = not (out_dir / CHECKPOINT).exists()
+        try:
+            return _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
+        except BaseException:
+            if fresh and not (out_dir / CHECKPOINT).exists():
+                for name in (CONFIG, METRICS, TIMING):
+                    (out_dir / name).unlink(missing_ok=True)
+            raise
+
+
+def _train(run, config, task, model, device, out_dir, resume, stop_at, progress) -> dict:
     optimizer = make_optimizer(model, config)
-    identity = {k: run[k] for k in ("study", "condition", "model", "task", "seed")}
-
-    start = 0
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or delete it")
-        saved = read_json(out_dir / "config.json", "run config")
-        if saved != run:
-            changed = sorted(k for k in run if saved.get(k) != run[k])
-            raise ValueError(
-                f"{out_dir}/config.json differs from this run in {changed}; "
-                "use another experiment name or delete the run"
-            )
-        start = load_checkpoint(ckpt_path, model, optimizer, expect_meta=identity)
-        if start == config.steps and (out_dir / "summary.json").exists():
-            return read_json(out_dir / "summary.json", "run summary")  # already finished
-        _truncate_metrics(metrics_path, start)
-    else:
-        write_json(out_dir / "config.json", run)
-        metrics_path.unlink(missing_ok=True)
-
-    n_params = count_parameters(model)
-    log = metrics_path.open("a")
+    start, totals, seconds = _begin(run, out_dir, model, optimizer, resume)
+    if start == config.steps and (summary := _current_summary(out_dir, run)) is not None:
+        return summary
     bar = tqdm(
         range(start, config.steps),
         initial=start,
@@ -189,63 +214,119 @@ def train(
         desc=f"{run['study']}/{run['condition']}/{run['model']}/seed{run['seed']}",
         disable=not progress,
     )
-    running, began, tokens = [], time.perf_counter(), 0
-    for step in bar:
-        batch = task.sample(config.batch_size, generator(run["seed"], TRAIN, step)).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        loss = task.loss(model(batch.inputs), batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{run['model']} on {run['task']}: loss is {loss.item()} at step {step}; "
-                f"lower train.lr (now {config.lr}) or check the inputs"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        running.append(loss.item())
-        tokens += batch.inputs.shape[0] * batch.inputs.shape[1]
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            record = {
-                "step": done,
-                "train_loss": sum(running) / len(running),
-                "lr": learning_rate(step, config),
-            }
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-            running = []
-            if done % config.eval_every == 0 or done == config.steps:
-                evaluation = evaluate(model, task, run["seed"], config, device)
-                record.update({f"eval_{k}": v for k, v in evaluation.items()})
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(ckpt_path, model, optimizer, done, identity)
-        if stop_at is not None and done >= stop_at:
-            log.close()
-            return {}
-    log.close()
-    elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    with LineLog(out_dir / METRICS) as log:
+        for step in bar:
+            batch = task.sample(config.batch_size, generator(run["seed"], TRAIN, step)).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            loss = task.loss(model(batch.inputs), batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{run['model']} on {run['task']}: loss is {loss.item()} at step {step}; "
+                    f"lower train.lr (now {config.lr}) or check the inputs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            totals.loss_sum += loss.item()
+            totals.loss_count += 1
+            totals.tokens += batch.inputs.shape[0] * batch.inputs.shape[1]
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                record = {
+                    "step": done,
+                    "train_loss": totals.loss_sum / totals.loss_count,
+                    "lr": learning_rate(step, config),
+                }
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+                totals.loss_sum, totals.loss_count = 0.0, 0
+                if done % config.eval_every == 0 or done == config.steps:
+                    evaluation = evaluate(model, task, run["seed"], config, device)
+                    record.update({f"eval_{k}": v for k, v in evaluation.items()})
+                log.write(json.dumps(record))
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                _record_seconds(out_dir, done, seconds + time.perf_counter() - began)
+                save_checkpoint(out_dir / CHECKPOINT, model, optimizer, done, run, asdict(totals))
+            if stop_at is not None and done >= stop_at:
+                return {}
+    seconds = _seconds_at(out_dir, config.steps)  # the time of the final checkpoint
     final, curves = evaluate(model, task, run["seed"], config, device, with_curves=True)
     summary = {
-        **identity,
-        "n_params": n_params,
+        **{k: run[k] for k in ("study", "condition", "model", "task", "seed")},
+        "n_params": count_parameters(model),
         "steps": config.steps,
-        "train_seconds": elapsed,
-        "tokens_per_second": tokens / elapsed if elapsed else None,
+        "train_seconds": seconds,
+        "tokens_per_second": totals.tokens / seconds if seconds else None,
         "final": final,
         "chance_accuracy": task.chance_accuracy,
         "curves": curve_rows(curves),
         "device": str(device),
     }
-    write_json(out_dir / "summary.json", summary)
+    with provenance.rewriting(out_dir, [SUMMARY], _summary_origin(run)):
+        write_json(out_dir / SUMMARY, summary)
     return summary
 
 
+def _begin(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Totals, float]:
+    """(step, totals, seconds) training starts from: the checkpoint's, or zero on a fresh
+    start, which first clears the directory's artefacts and writes ``config.json``."""
+    ckpt = out_dir / CHECKPOINT
+    if not ckpt.exists():
+        provenance.clear(out_dir)
+        for name in (METRICS, TIMING, SUMMARY):
+            (out_dir / name).unlink(missing_ok=True)
+        write_json(out_dir / CONFIG, run)
+        return 0, Totals(), 0.0
+    if not resume:
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or delete it")
+    saved = read_json(out_dir / CONFIG, "run config")
+    if saved != run:
+        raise ValueError(
+            f"{out_dir / CONFIG} differs from this run in {differences(saved, run)}; "
+            "use another experiment name or delete the run"
+        )
+    info = load_checkpoint(ckpt, model, optimizer, expect_run=run)
+    _truncate_metrics(out_dir / METRICS, info.step)
+    return info.step, Totals(**info.totals), _seconds_at(out_dir, info.step)
+
+
+def _summary_origin(run: dict) -> dict:
+    return provenance.origin("train", fingerprint(run), run["train"]["steps"])
+
+
+def _current_summary(out_dir: Path, run: dict) -> dict | None:
+    """The run's summary if it was written from its final checkpoint, else None."""
+    made_from = _summary_origin(run)
+    if provenance.problem(out_dir, SUMMARY, **made_from) or not (out_dir / SUMMARY).is_file():
+        return None
+    return read_json(out_dir / SUMMARY, "run summary")
+
+
+def _record_seconds(out_dir: Path, step: int, seconds: float) -> None:
+    """Add the training time at checkpoint ``step`` to ``timing.json`` (kept beside the
+    checkpoint, not in it, so that same-seed checkpoints stay byte-identical)."""
+    path = out_dir / TIMING
+    timing = read_json(path, "training times") if path.is_file() else {}
+    write_json(path, {**timing, str(step): seconds})
+
+
+def _seconds_at(out_dir: Path, step: int) -> float:
+    """Training time at checkpoint ``step`` (0 with a warning if it was not recorded)."""
+    path = out_dir / TIMING
+    timing = read_json(path, "training times") if path.is_file() else {}
+    if str(step) not in timing:
+        warnings.warn(
+            f"{path}: no time recorded for step {step}; train_seconds will miss it", stacklevel=3
+        )
+    return timing.get(str(step), 0.0)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` (they will be written again)."""
+    """Drop log lines written after ``step`` (they will be written again), and a line torn
+    by a kill or a full disk."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
+    kept = [json.dumps(r) + "\n" for r in read_json_lines(path) if r["step"] <= step]
+    atomic_write(path, lambda p: p.write_text("".join(kept)))

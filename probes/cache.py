@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from lab.io import replace_dir
+from lab.io import replace_dir, write_json, write_tensors
 from tasks import Batch, Task
 
 
@@ -119,7 +119,7 @@ def write_store(
     for acts, latents in shards:
         tensors = {f"act/{h}": acts[h].contiguous() for h in hooks}
         tensors.update({f"latent/{k}": v.contiguous() for k, v in latents.items()})
-        save_file(tensors, tmp / f"shard{n_shards:05d}.safetensors")
+        write_tensors(tmp / f"shard{n_shards:05d}.safetensors", tensors)
         latent_names = sorted(latents)
         n_shards += 1
         n_sequences += next(iter(latents.values())).shape[0]
@@ -129,6 +129,6 @@ def write_store(
         "n_shards": n_shards,
         "n_sequences": n_sequences,
     }
-    (tmp / "index.json").write_text(json.dumps(index, indent=2))
+    write_json(tmp / "index.json", index)
     replace_dir(tmp, out_dir)
     return ActivationStore(out_dir, **index)

@@ -6,8 +6,9 @@ Writes into the run directory ``activations/`` (the trained network's activation
 cell census reads it), ``activations_untrained/`` (the same sequences through the network
 at initialisation), ``probes.csv`` (one row per hook, target and probe kind: :data:`COLUMNS`)
 and ``probe_weights.safetensors`` (every linear probe of the trained network, ``<target>|
-<hook>/weight`` [d, k] and ``/bias`` [k], for steering). The command line is
-``python -m studies probe``.
+<hook>/weight`` [d, k] and ``/bias`` [k], for steering), holding the run's lock and
+recording all four as made from the run's final checkpoint and the probe settings
+(:mod:`lab.provenance`). The command line is ``python -m studies probe``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from lab.io import atomic_write, read_json, write_csv
+from lab import provenance
+from lab.config import ConfigError
+from lab.io import read_json, write_csv, write_tensors
+from lab.lock import run_lock
 from lab.streams import PROBE, generator, resolve_device
-from models.checkpoint import load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
 from models.registry import to_device
 from models.run import build_run
 from probes.cache import ActivationStore, cache_activations, iterate_batches, layer_hooks
@@ -27,6 +30,7 @@ from probes.config import ProbeConfig
 from probes.fit import ProbeFit, fit_probe
 from probes.linear import LinearProbe, LogisticConfig
 from probes.mlp import MLPConfig
+from probes.ridge import fold_of
 from probes.stream import store_batches
 from tasks.targets import ProbeTarget
 
@@ -50,16 +54,23 @@ COLUMNS = (
     "n_train",
     "n_test",
 )
+OUTPUTS = ("activations", "activations_untrained", "probes.csv", "probe_weights.safetensors")
 
 
 def load_trained(run_dir: Path) -> tuple[dict, object, torch.nn.Module, torch.device]:
-    """(run config, task, trained model on its device in eval mode, device) of a run."""
+    """(run config, task, trained model on its device in eval mode, device) of a finished
+    run; its checkpoint must be intact, of this run config and at the final step."""
     run_dir = Path(run_dir)
     run = read_json(run_dir / "config.json", "run config (train the run first)")
     device = resolve_device(run["train"]["device"])
     task, model = build_run(run)
-    identity = {k: run[k] for k in ("study", "condition", "model", "task", "seed")}
-    load_checkpoint(run_dir / "checkpoint.safetensors", model, expect_meta=identity)
+    path = run_dir / "checkpoint.safetensors"
+    step = load_checkpoint(path, model, expect_run=run).step
+    if step != run["train"]["steps"]:
+        raise CheckpointError(
+            f"{path}: the run is not finished (step {step} of {run['train']['steps']}); "
+            "train it first"
+        )
     return run, task, to_device(model, device).eval(), device
 
 
@@ -104,9 +115,41 @@ def fit(
 
 
 def probe_run(run_dir: Path, config: ProbeConfig, progress: bool = True) -> list[dict]:
-    """Cache and probe one run; return the rows written to ``probes.csv``."""
+    """Cache and probe one finished run, holding its lock; return the rows written to
+    ``probes.csv``. A config whose split leaves a fold empty is refused first."""
     run_dir = Path(run_dir)
-    run, task, model, device = load_trained(run_dir)
+    with run_lock(run_dir):
+        run, task, model, device = load_trained(run_dir)
+        require_split(task, run, config)
+        made_from = provenance.origin(
+            "probe", provenance.fingerprint(run), run["train"]["steps"], probe=vars(config)
+        )
+        with provenance.rewriting(run_dir, OUTPUTS, made_from):
+            return probe_rows(run_dir, config, run, task, model, device, progress)
+
+
+def require_split(task, run: dict, config: ProbeConfig) -> None:
+    """ConfigError unless the held-out split and every cross-validation fold get at least
+    one environment (grouped as :mod:`probes.stream` groups them: by ``env_id``, else each
+    sequence its own); an empty one makes every score NaN."""
+    ids, seen = [], 0
+    for batch in probe_batches(task, run, config):
+        n, env = batch.inputs.shape[0], batch.latents.get("env_id")
+        ids.append(seen + torch.arange(n) if env is None else env.flatten())
+        seen += n
+    folds = fold_of(torch.cat(ids).unique(), config.folds, config.test_fraction)
+    counts = torch.bincount(folds + 1, minlength=config.folds + 1).tolist()
+    if 0 in counts:
+        raise ConfigError(
+            f"probe.n_sequences={config.n_sequences} is too few for probe.folds="
+            f"{config.folds} and probe.test_fraction={config.test_fraction}: environments "
+            f"held out, then per fold: {counts}; raise probe.n_sequences"
+        )
+
+
+def probe_rows(run_dir: Path, config: ProbeConfig, run, task, model, device, progress):
+    """Cache the activations of ``model`` and of the network at initialisation, fit every
+    probe, write ``probes.csv`` and ``probe_weights.safetensors``; return the rows."""
     hooks = layer_hooks(run["model_config"]["n_layers"])
     stores = {}
     for name, network in (("", model), ("_untrained", build_run(run)[1])):
@@ -132,7 +175,7 @@ def probe_run(run_dir: Path, config: ProbeConfig, progress: bool = True) -> list
                         value = getattr(trained.probe, name).float().contiguous()
                         weights[f"{target.name}|{hook}/{name}"] = value
     write_csv(run_dir / "probes.csv", rows)
-    atomic_write(run_dir / "probe_weights.safetensors", lambda tmp: save_file(weights, tmp))
+    write_tensors(run_dir / "probe_weights.safetensors", weights)
     return rows
 
 

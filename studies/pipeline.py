@@ -7,6 +7,11 @@ held-out environments and decodes the task's targets; ``census`` scores every un
 ``analyze`` runs the study's own analyses; ``causal`` ablates the labelled populations and
 steers along probe directions (:mod:`studies.causal`); ``tables`` gathers every finished run of the
 experiment into ``results/*.csv``; ``figures`` draws each study's figure from those tables.
+
+Every stage that writes a run directory holds its lock (:mod:`lab.lock`) and records what
+each artefact was made from (:mod:`lab.provenance`); ``analyze`` and ``causal`` refuse
+inputs made with other settings, and ``tables`` refuses any artefact not made from the run's config,
+its final checkpoint and the preset's settings, so no figure is drawn from stale results.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.census import OUTPUTS as CENSUS_OUTPUTS
 from analysis.census import census_run
 from analysis.figures import draw_figure
-from analysis.tables import RunRecord, write_tables
+from analysis.tables import PER_RUN_TABLES, RunRecord, write_tables
+from lab import provenance
 from lab.io import write_csv
-from models.train import train
+from lab.lock import run_lock
+from models.train import SUMMARY, train
+from probes.run import OUTPUTS as PROBE_OUTPUTS
 from probes.run import probe_run
 from studies.causal import causal_run
 from studies.plan import PlannedRun
@@ -56,22 +65,88 @@ def census_stage(runs: list[PlannedRun], progress: bool = True) -> None:
 
 def analyze_stage(runs: list[PlannedRun], progress: bool = True) -> None:
     for planned in runs:
-        if not planned.study.analyses:
-            continue
+        if planned.study.analyses:
+            print(f"analysed {planned.label}: {analyze_run(planned)}", flush=True)
+
+
+def analyze_run(planned: PlannedRun) -> list[str]:
+    """Run the study's own analyses of one run, holding its lock; write and record one
+    ``<table>.csv`` per table they return; return the table names. The probe outputs they
+    may read must be made with the preset's probe settings."""
+    with run_lock(planned.run_dir):
+        require_inputs(planned, {"probe": PROBE_OUTPUTS})
         context = RunContext(planned.run_dir, planned.run, planned.preset)
         tables: dict[str, list[dict]] = {}
         for analysis in planned.study.analyses:
             for name, rows in analysis(context).items():
                 tables.setdefault(name, []).extend(rows)
-        for name, rows in tables.items():
-            write_csv(planned.run_dir / f"{name}.csv", rows)
-        print(f"analysed {planned.label}: {sorted(tables)}", flush=True)
+        names = [f"{name}.csv" for name in tables]
+        with provenance.rewriting(planned.run_dir, names, origin_of("analyze", planned)):
+            for name, rows in tables.items():
+                write_csv(planned.run_dir / f"{name}.csv", rows)
+    return sorted(tables)
 
 
 def causal_stage(runs: list[PlannedRun], progress: bool = True) -> None:
     for planned in runs:
-        rows = causal_run(planned.run_dir, planned.preset.causal, planned.study.steering)
-        print(f"causal {planned.label}: {len(rows)} rows", flush=True)
+        print(f"causal {planned.label}: {len(causal_in_run(planned))} rows", flush=True)
+
+
+def causal_in_run(planned: PlannedRun) -> list[dict]:
+    """Run the causal interventions of one run, holding its lock; write and record
+    ``causal.csv``. The probe and census outputs it reads must be made with the preset's
+    settings."""
+    with run_lock(planned.run_dir):
+        require_inputs(planned, {"probe": PROBE_OUTPUTS, "census": CENSUS_OUTPUTS})
+        made_from = origin_of("causal", planned)
+        with provenance.rewriting(planned.run_dir, ["causal.csv"], made_from):
+            return causal_run(planned.run_dir, planned.preset.causal, planned.study.steering)
+
+
+def require_inputs(planned: PlannedRun, inputs: dict[str, tuple[str, ...]]) -> None:
+    """StaleError unless each artefact of ``inputs`` (stage -> names) that the run has is
+    complete and made as :func:`origin_of` says for its stage."""
+    recorded = provenance.read_manifest(planned.run_dir)
+    for stage, names in inputs.items():
+        for name in names:
+            if name in recorded or (planned.run_dir / name).exists():
+                remedy = f"run the {stage} stage again"
+                provenance.require(planned.run_dir, name, remedy, **origin_of(stage, planned))
+
+
+STAGE_SETTINGS = {
+    "train": (),
+    "probe": ("probe",),
+    "census": ("probe", "census"),
+    "analyze": ("probe",),
+    "causal": ("probe", "census", "causal"),
+}
+"""The preset settings each stage's artefacts depend on (besides the run config)."""
+
+
+def origin_of(stage: str, planned: PlannedRun) -> dict:
+    """What an artefact of ``stage`` of a current run is made from: the run's config, its
+    final step and the preset's settings of the stages it depends on."""
+    settings = {key: vars(getattr(planned.preset, key)) for key in ("probe", "census", "causal")}
+    return provenance.origin(
+        stage,
+        provenance.fingerprint(planned.run),
+        planned.run["train"]["steps"],
+        **{key: settings[key] for key in STAGE_SETTINGS[stage]},
+    )
+
+
+def require_current(planned: PlannedRun) -> None:
+    """StaleError unless the run's summary, every artefact recorded for it and every
+    per-run table in its directory is complete and made as :func:`origin_of` says."""
+    recorded = provenance.read_manifest(planned.run_dir)
+    tables = [f"{name}.csv" for name in PER_RUN_TABLES]
+    names = {SUMMARY, *recorded, *(n for n in tables if (planned.run_dir / n).exists())}
+    for name in sorted(names):
+        stage = recorded.get(name, {}).get("stage", "train" if name == SUMMARY else None)
+        expected = origin_of(stage, planned) if stage in STAGE_SETTINGS else {}
+        remedy = f"run the {stage} stage again" if stage else "run the stage that writes it"
+        provenance.require(planned.run_dir, name, remedy, **expected)
 
 
 def records(runs: list[PlannedRun]) -> list[RunRecord]:
@@ -91,10 +166,14 @@ def records(runs: list[PlannedRun]) -> list[RunRecord]:
 
 
 def tables_stage(all_runs: list[PlannedRun], results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Tables of every finished run of the experiment (not only the selected ones)."""
+    """Tables of every finished run of the experiment (not only the selected ones); a
+    stale artefact of any of them is refused (see :func:`require_current`)."""
     found = records(all_runs)
     if not found:
         raise FileNotFoundError(f"no finished runs for {results_dir.parent} (train first)")
+    for planned in all_runs:
+        if (planned.run_dir / SUMMARY).is_file():
+            require_current(planned)
     tables = write_tables(found, results_dir)
     print(f"wrote {len(tables)} tables of {len(found)} runs to {results_dir}", flush=True)
     return tables

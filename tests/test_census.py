@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from analysis.census import CensusConfig, census_run, graph_raster
+from lab import provenance
 from lab.io import write_json
 from probes.cache import write_store
 from tasks import build_task
@@ -21,16 +22,16 @@ def synthetic_run(tmp_path, task_name, task_fields, units_of, n_batches=4, batch
     """A run directory whose "network" at HOOK has the units ``units_of(latents, g)``
     [batch, pos, units], over held-out batches of the task."""
     task = build_task(task_name, task_fields)
-    write_json(
-        tmp_path / "config.json",
-        {"task": task_name, "task_config": dataclasses.asdict(task.config), "seed": seed},
-    )
+    run = {"task": task_name, "task_config": dataclasses.asdict(task.config), "seed": seed}
+    write_json(tmp_path / "config.json", run)
     g = torch.Generator().manual_seed(seed)
     shards = []
     for _ in range(n_batches):
         latents = task.sample(batch, g).latents
         shards.append(({HOOK: units_of(latents, g).float()}, latents))
-    write_store(shards, [HOOK], tmp_path / "activations")
+    made_from = provenance.origin("probe", provenance.fingerprint(run), 0, probe={})
+    with provenance.rewriting(tmp_path, ["activations"], made_from):
+        write_store(shards, [HOOK], tmp_path / "activations")
     census_run(tmp_path, CONFIG, progress=False)
     cells = pd.read_csv(tmp_path / "cells.csv")
     census = pd.read_csv(tmp_path / "census.csv")

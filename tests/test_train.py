@@ -2,12 +2,15 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from lab.config import ConfigError
+from lab.streams import TRAIN as TRAIN_STREAM
+from lab.streams import generator
 from models import MODELS
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.registry import build_model
-from models.run import resolve_run
+from models.run import build_run, resolve_run
 from models.train import TrainConfig, train
 from studies.preset import load_preset
 
@@ -32,20 +35,67 @@ def smoke_run(model="lstm", task="graph_nav", train_fields=(), task_fields=None)
 
 def weights(run_dir, run):
     model = build_model(run["architecture"], run["model_config"])
-    load_checkpoint(run_dir / "checkpoint.safetensors", model)
+    load_checkpoint(run_dir / "checkpoint.safetensors", model, expect_run=run)
     return model.state_dict()
+
+
+def metrics(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, model):
-    run = smoke_run(model)
-    train(run, tmp_path / "straight", progress=False)
+    run = smoke_run(model, train_fields={"log_every": 3})  # logs at 3, 6, 8; checkpoints at 4, 8
+    straight = train(run, tmp_path / "straight", progress=False)
     train(run, tmp_path / "resumed", stop_at=6, progress=False)  # killed after step 6
-    train(run, tmp_path / "resumed", resume=True, progress=False)  # restarts from step 4
-    straight, resumed = weights(tmp_path / "straight", run), weights(tmp_path / "resumed", run)
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    lines = [json.loads(x) for x in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [2, 4, 6, 8]  # lines after the checkpoint rewritten
+    resumed = train(run, tmp_path / "resumed", resume=True, progress=False)  # from step 4
+    a, b = weights(tmp_path / "straight", run), weights(tmp_path / "resumed", run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # weights, optimiser state, step and running sums: the whole file is the same
+    ckpt = "checkpoint.safetensors"
+    assert (tmp_path / "straight" / ckpt).read_bytes() == (tmp_path / "resumed" / ckpt).read_bytes()
+    # the log line at step 6 averages steps 4-6 although the resumed session began at step 5
+    assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
+    assert [x["step"] for x in metrics(tmp_path / "resumed")] == [3, 6, 8]
+    for key in ("n_params", "steps", "final", "curves"):
+        assert resumed[key] == straight[key]
+
+
+def test_resumed_run_reports_the_time_and_tokens_of_the_whole_run(tmp_path, monkeypatch):
+    """A clock that advances one second per training batch: the resumed run reports the
+    eight seconds of its eight steps, not the four of its last session."""
+    import models.train
+
+    batches = []
+
+    def counting_generator(seed, stream, index):
+        batches.extend([index] if stream == TRAIN_STREAM else [])
+        return generator(seed, stream, index)
+
+    monkeypatch.setattr(models.train, "generator", counting_generator)
+    monkeypatch.setattr(models.train.time, "perf_counter", lambda: float(len(batches)))
+    run = smoke_run()
+    straight = train(run, tmp_path / "straight", progress=False)
+    train(run, tmp_path / "resumed", stop_at=6, progress=False)
+    resumed = train(run, tmp_path / "resumed", resume=True, progress=False)
+    assert straight["train_seconds"] == resumed["train_seconds"] == 8.0
+    tokens = 8 * TRAIN["batch_size"] * build_run(run)[0].seq_len
+    assert resumed["tokens_per_second"] == straight["tokens_per_second"] == tokens / 8.0
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_training_draws_nothing_from_the_global_rng(tmp_path, model):
+    """So the checkpoint need not (and does not) carry it."""
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    train(smoke_run(model), tmp_path, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not [k for k in safe_open_keys(tmp_path / "checkpoint.safetensors") if "rng" in k]
+
+
+def safe_open_keys(path):
+    with safe_open(path, framework="pt") as f:
+        return list(f.keys())
 
 
 def test_run_writes_config_metrics_and_summary(tmp_path):
@@ -87,7 +137,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 def test_changed_config_refuses_to_resume(tmp_path):
     train(smoke_run(), tmp_path, stop_at=4, progress=False)
-    with pytest.raises(ValueError, match="differs from this run in \\['train'\\]"):
+    with pytest.raises(ValueError, match=r"differs from this run in \['train.lr'\]"):
         train(smoke_run(train_fields={"lr": 0.5}), tmp_path, resume=True, progress=False)
 
 
