@@ -4,10 +4,13 @@
                             [--task NAME ...] [--seed N ...] [--set KEY=VALUE ...]
 
 STAGE is one of ``plan`` (list the runs), ``train``, ``probe``, ``census``, ``analyze``,
-``tables``, ``figures`` (tables, then figures) or ``paper`` (all of them). The selection
-flags narrow the preset's runs alike for every stage: ``--model`` matches an arm name
-(``transformer-rope``) or an architecture (``transformer``); ``--task`` selects the studies'
-conditions on that task, or runs the generic ``explore`` study on a task no study uses.
+``tables``, ``figures`` (tables, then figures), or ``sweep`` (all of them, one Ray task per
+run, at every point of the ``--grid`` axes and of the preset's ``[sweep]`` table; see
+:mod:`studies.sweep`); ``paper`` is ``sweep``, and with ``--serial`` both run every stage in
+this process instead (for debugging). The selection flags narrow the preset's runs alike for
+every stage: ``--model`` matches an arm name (``transformer-rope``) or an architecture
+(``transformer``); ``--task`` selects the studies' conditions on that task, or runs the
+generic ``explore`` study on a task no study uses.
 User errors print one line (``--debug`` for the traceback).
 """
 
@@ -22,9 +25,9 @@ from lab.config import ConfigError
 from models.checkpoint import CheckpointError
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
-from studies.preset import load_preset
+from studies.sweep import load_base, load_sweep, sweep
 
-COMMANDS = ("plan", "train", "probe", "census", "analyze", "tables", "figures", "paper")
+COMMANDS = ("plan", "train", "probe", "census", "analyze", "tables", "figures", "paper", "sweep")
 USER_ERRORS = (ConfigError, CheckpointError, OSError, FloatingPointError, ValueError, KeyError)
 
 
@@ -44,6 +47,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a preset field, e.g. train.steps=100 study.copying.train.steps=50",
     )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=[VALUES]",
+        help="sweep/paper: a hyper-parameter axis, e.g. train.lr=[1e-3,3e-3]",
+    )
+    p.add_argument("--serial", action="store_true", help="sweep/paper: every stage in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
@@ -51,8 +62,16 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
-    preset, raw = load_preset(args.preset, args.set)
     selection = Selection(tuple(args.study), tuple(args.model), tuple(args.task), tuple(args.seed))
+    if args.stage in ("sweep", "paper"):
+        spec = load_sweep(args.preset, args.set, args.grid)
+        outcomes = sweep(spec, selection, serial=args.serial, progress=not args.no_progress)
+        if any(o.status == "failed" for o in outcomes):
+            sys.exit(1)
+        return
+    if args.grid or args.serial:
+        raise ConfigError(f"--grid and --serial are options of sweep and paper, not {args.stage}")
+    preset, raw = load_base(args.preset, args.set)
     selected = plan(preset, raw, selection)
     if not selected:
         raise ConfigError("the selection matches no run of this preset (see `plan`)")
@@ -60,13 +79,9 @@ def run(args: argparse.Namespace) -> None:
         for planned in selected:
             print(f"{planned.label:50s} {planned.run_dir}")
         return
-    progress = not args.no_progress
-    stages = STAGE_FUNCTIONS if args.stage == "paper" else {}
     if args.stage in STAGE_FUNCTIONS:
-        stages = {args.stage: STAGE_FUNCTIONS[args.stage]}
-    for stage in stages.values():
-        stage(selected, progress=progress)
-    if args.stage in ("tables", "figures", "paper"):
+        STAGE_FUNCTIONS[args.stage](selected, progress=not args.no_progress)
+    if args.stage in ("tables", "figures"):
         tables = tables_stage(plan(preset, raw), preset.experiment_dir() / "results")
         if args.stage != "tables":
             figures_stage(selected, tables, preset.experiment_dir() / "figures")
