@@ -17,7 +17,7 @@ GRID_AXES = $(foreach g,$(GRID),--grid $(g))
 STUDIES = $(PY) -m studies
 
 .DEFAULT_GOAL := help
-.PHONY: help install plan train probe census analyze tables figures paper sweep test \
+.PHONY: help install plan train probe census analyze causal tables figures paper sweep test \
 	test-slow test-gpu bench lint clean
 
 help: ## List the targets
@@ -42,6 +42,9 @@ census: ## Score every unit (place, grid, border, time, ramp, splitter...) again
 
 analyze: ## The studies' own analyses (memory agents, RSA against the SR, belief simplex...)
 	$(STUDIES) analyze $(SELECT)
+
+causal: ## Ablate labelled populations (vs random/matched units); steer along probe directions
+	$(STUDIES) causal $(SELECT)
 
 tables: ## Gather every finished run into runs/<experiment>/results/*.csv
 	$(STUDIES) tables $(SELECT)

@@ -75,6 +75,10 @@ class CensusConfig:
     field_threshold: float = 0.5
     """Fields moved by the gridness null's field shuffle: bins at or above this fraction of
     the map's peak (after subtracting its minimum)."""
+    untrained: bool = True
+    """Census the network at initialisation too (its label fractions are the baseline a
+    trained network's must beat: random recurrent networks already respond to a cue with
+    time-varying activity)."""
     max_field_fraction: float = 0.5
     """A place cell's largest field covers at most this fraction of the visited bins (a
     unit tuned to a gradient across the arena is not a place cell)."""
@@ -92,7 +96,8 @@ class CensusConfig:
         )
 
 
-CELL_COLUMNS = ("hook", "depth", "unit", "map", "score", "value", "p_value", "label")
+CELL_COLUMNS = ("network", "hook", "depth", "unit", "map", "score", "value", "p_value", "label")
+"""network: "trained" or "untrained" (the same architecture at initialisation)."""
 
 
 @dataclass
@@ -395,18 +400,37 @@ def select(spec, acts: torch.Tensor, latents: dict[str, torch.Tensor]) -> Sample
 
 
 def census_run(run_dir: Path, config: CensusConfig, progress: bool = True) -> dict[str, float]:
-    """Score every unit of every cached hook of a probed run; write ``cells.csv`` and
-    ``census.csv``; return the pooled label fractions."""
+    """Score every unit of every cached hook of a probed run, trained and (with
+    ``config.untrained``) at initialisation; write ``cells.csv`` and ``census.csv``; return
+    the trained network's pooled label fractions."""
     run_dir = Path(run_dir)
     run = read_json(run_dir / "config.json", "run config (train the run first)")
     task = build_task(run["task"], run["task_config"])
-    store = ActivationStore.open(run_dir / "activations")
+    networks = {"trained": "activations"}
+    if config.untrained:
+        networks["untrained"] = "activations_untrained"
+    rows, summary = [], []
+    for network, folder in networks.items():
+        store = ActivationStore.open(run_dir / folder)
+        mine = score_store(store, task.rate_maps(), config, Nulls(config, run["seed"]), progress)
+        rows += [{"network": network, **row} for row in mine]
+        suffix = "" if network == "trained" else "_untrained"
+        summary += [
+            {**row, "metric": row["metric"] + suffix} for row in summarise(mine, store.hooks)
+        ]
+    write_csv(run_dir / "cells.csv", rows)
+    write_csv(run_dir / "census.csv", summary)
+    return {r["metric"]: round(r["value"], 3) for r in summary if r["hook"] == ""}
+
+
+def score_store(
+    store: ActivationStore, specs, config: CensusConfig, nulls: Nulls, progress: bool
+) -> list[dict]:
+    """Rows of :data:`CELL_COLUMNS` for every unit of every hook of ``store``."""
     _, latents = store.load(store.hooks[0], store.latents)
-    nulls = Nulls(config, run["seed"])
     rows = []
-    specs = task.rate_maps()
     work = [(spec, depth, hook) for spec in specs for depth, hook in enumerate(store.hooks)]
-    for spec, depth, hook in tqdm(work, desc=f"census {run_dir.name}", disable=not progress):
+    for spec, depth, hook in tqdm(work, desc=f"census {store.path.name}", disable=not progress):
         acts, _ = store.load(hook, [])
         kind, scorer = SCORERS[type(spec)]
         for score in scorer(spec, select(spec, acts, latents), config, nulls):
@@ -429,10 +453,7 @@ def census_run(run_dir: Path, config: CensusConfig, progress: bool = True) -> di
                         "label": label,
                     }
                 )
-    summary = summarise(rows, store.hooks)
-    write_csv(run_dir / "cells.csv", rows)
-    write_csv(run_dir / "census.csv", summary)
-    return {r["metric"]: round(r["value"], 3) for r in summary if r["hook"] == ""}
+    return rows
 
 
 def summarise(rows: list[dict], hooks: list[str]) -> list[dict]:

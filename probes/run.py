@@ -1,11 +1,13 @@
 """The probing stage of one trained run: cache activations on held-out environments, then
-decode every probe target the task declares from every depth of the residual stream, for the
-trained network and for the same architecture at initialisation (the baseline any code must
-beat).
+fit every probe the task's targets call for at every depth of the residual stream, for the
+trained network (with its control task) and for the same architecture at initialisation.
 
-Writes into the run directory ``activations/`` (the activation store, see
-:mod:`probes.cache`; the cell census reads it too) and ``probes.csv`` (one row per hook and
-target, columns in :data:`COLUMNS`). The command line is ``python -m studies probe``.
+Writes into the run directory ``activations/`` (the trained network's activation store; the
+cell census reads it), ``activations_untrained/`` (the same sequences through the network
+at initialisation), ``probes.csv`` (one row per hook, target and probe kind: :data:`COLUMNS`)
+and ``probe_weights.safetensors`` (every linear probe of the trained network, ``<target>|
+<hook>/weight`` [d, k] and ``/bias`` [k], for steering). The command line is
+``python -m studies probe``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from lab.io import read_json, write_csv
+from lab.io import atomic_write, read_json, write_csv
 from lab.streams import PROBE, generator, resolve_device
 from models.checkpoint import load_checkpoint
 from models.registry import to_device
 from models.run import build_run
-from probes.cache import cache_activations, iterate_batches, layer_hooks, model_activations
+from probes.cache import ActivationStore, cache_activations, iterate_batches, layer_hooks
 from probes.config import ProbeConfig
-from probes.decode import decode_targets
+from probes.fit import ProbeFit, fit_probe
+from probes.linear import LinearProbe, LogisticConfig
+from probes.mlp import MLPConfig
+from probes.stream import store_batches
+from tasks.targets import ProbeTarget
 
 COLUMNS = (
     "hook",  # residual stream at this depth (blocks.0.hook_resid_pre = depth 0)
@@ -30,9 +37,15 @@ COLUMNS = (
     "target_kind",  # regression / classification / circular
     "probe",  # ridge / logistic / mlp
     "metric",  # r2 / accuracy
-    "score",  # held-out environments
-    "cv_score",  # cross-validated on the training environments, chosen penalty
+    "score",  # on the held-out environments
+    "baseline",  # chance: the best constant prediction (0 for r2)
     "untrained",  # the same probe on the network at initialisation
+    "control",  # the same probe on the control task (Hewitt & Liang)
+    "selectivity",  # score - control
+    "selectivity_over_chance",  # (score - baseline) - (control - its baseline)
+    "proximity_error",  # spatial targets (Gurnee & Tegmark)
+    "train_score",
+    "cv_score",  # the penalty's (or epoch's) selection score
     "penalty",
     "n_train",
     "n_test",
@@ -57,50 +70,90 @@ def probe_batches(task, run: dict, config: ProbeConfig):
     )
 
 
+def kinds_for(target: ProbeTarget, config: ProbeConfig) -> list[str]:
+    """The probe kinds of ``config.kinds`` for ``target``: "linear" is ridge for regression
+    and circular targets, logistic for classification."""
+    linear = "logistic" if target.kind == "classification" else "ridge"
+    return [linear if kind == "linear" else kind for kind in config.kinds]
+
+
+def fit(
+    kind: str,
+    store: ActivationStore,
+    hook: str,
+    target: ProbeTarget,
+    config: ProbeConfig,
+    seed: int,
+    control: bool,
+) -> ProbeFit:
+    settings = {
+        "ridge": None,
+        "logistic": LogisticConfig(steps=config.logistic_steps),
+        "mlp": MLPConfig(max_epochs=config.mlp_epochs),
+    }[kind]
+    return fit_probe(
+        kind,
+        store_batches(store, hook, target),
+        target,
+        control=control,
+        folds=config.folds,
+        test_fraction=config.test_fraction,
+        seed=seed,
+        config=settings,
+    )
+
+
 def probe_run(run_dir: Path, config: ProbeConfig, progress: bool = True) -> list[dict]:
     """Cache and probe one run; return the rows written to ``probes.csv``."""
     run_dir = Path(run_dir)
     run, task, model, device = load_trained(run_dir)
     hooks = layer_hooks(run["model_config"]["n_layers"])
-    store = cache_activations(
-        model, probe_batches(task, run, config), hooks, run_dir / "activations", device, progress
-    )
-    targets = [t for t in task.probe_targets() if t.kind != "classification"]
-    trained = decode_targets(
-        ((store.shard_acts(shard, hooks), store.shard_latents(shard)) for shard in store.shards()),
-        hooks,
-        targets,
-        config,
-    )
-    untrained_model = to_device(build_run(run)[1], device).eval()
-    untrained = decode_targets(
-        (
-            (model_activations(untrained_model, b.to(device), hooks), b.latents)
-            for b in probe_batches(task, run, config)
-        ),
-        hooks,
-        targets,
-        config,
-    )
-    rows = []
-    for target in targets:
-        for depth, hook in enumerate(hooks):
-            result = trained[target.name, hook]
-            rows.append(
-                {
-                    "hook": hook,
-                    "depth": depth,
-                    "target": target.name,
-                    "target_kind": target.kind,
-                    "probe": "ridge",
-                    "metric": "r2",
-                    "score": result.r2_test,
-                    "cv_score": result.r2_cv,
-                    "untrained": untrained[target.name, hook].r2_test,
-                    "penalty": result.alpha,
-                    "n_train": result.n_train,
-                    "n_test": result.n_test,
-                }
-            )
+    stores = {}
+    for name, network in (("", model), ("_untrained", build_run(run)[1])):
+        stores[name] = cache_activations(
+            to_device(network, device).eval(),
+            probe_batches(task, run, config),
+            hooks,
+            run_dir / f"activations{name}",
+            device,
+            progress,
+        )
+    rows, weights = [], {}
+    for target in task.probe_targets():
+        for kind in kinds_for(target, config):
+            for depth, hook in enumerate(hooks):
+                trained = fit(kind, stores[""], hook, target, config, run["seed"], config.control)
+                untrained = fit(
+                    kind, stores["_untrained"], hook, target, config, run["seed"], False
+                )
+                rows.append(row(hook, depth, target, trained, untrained))
+                if isinstance(trained.probe, LinearProbe):
+                    for name in ("weight", "bias"):
+                        value = getattr(trained.probe, name).float().contiguous()
+                        weights[f"{target.name}|{hook}/{name}"] = value
     write_csv(run_dir / "probes.csv", rows)
+    atomic_write(run_dir / "probe_weights.safetensors", lambda tmp: save_file(weights, tmp))
     return rows
+
+
+def row(hook: str, depth: int, target: ProbeTarget, fit: ProbeFit, untrained: ProbeFit) -> dict:
+    return {
+        "hook": hook,
+        "depth": depth,
+        "target": target.name,
+        "target_kind": target.kind,
+        "probe": fit.kind,
+        "metric": fit.metric,
+        "score": fit.score,
+        "baseline": fit.baseline,
+        "untrained": untrained.score,
+        "control": fit.control_score,
+        "selectivity": fit.selectivity,
+        "selectivity_over_chance": fit.selectivity_over_chance,
+        "proximity_error": fit.proximity_error,
+        "train_score": fit.train_score,
+        "cv_score": fit.selection_score,
+        "penalty": fit.penalty,
+        "n_train": fit.n_train,
+        "n_test": fit.n_test,
+    }

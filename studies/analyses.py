@@ -3,21 +3,24 @@ beyond the shared probe and census stages."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from analysis.relational import rsa, successor_representation
 from lab.streams import EVAL, generator
 from models.train import curve_rows
 from probes.cache import ActivationStore, iterate_batches
 from probes.config import ProbeConfig
-from probes.decode import target_rows
-from probes.ridge import RidgeStats, fit, fold_of
+from probes.ridge import fold_of
 from studies.study import RunContext
 from tasks import build_task
 from tasks.graph_nav import memory_agent_accuracy, move_curves
 
-GAMMAS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+GAMMAS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+"""SR discounts (gamma = 0 is the identity, whose RDM is constant: no rank correlation)."""
 N_POINTS = 400
 
 
@@ -78,7 +81,7 @@ def successor_rsa(ctx: RunContext) -> dict[str, list[dict]]:
                 {"source": "network", "curve": name, "hook": hook, "x": g, "value": v, "count": 1}
                 for g, v in zip(GAMMAS, values, strict=True)
             ]
-    best = max(range(len(GAMMAS)), key=values.__getitem__)
+    best = max(range(len(GAMMAS)), key=lambda i: -math.inf if math.isnan(values[i]) else values[i])
     metrics += [
         {"metric": "rsa_sr_max", "hook": "", "value": values[best]},
         {"metric": "rsa_sr_best_gamma", "hook": "", "value": GAMMAS[best]},
@@ -88,31 +91,24 @@ def successor_rsa(ctx: RunContext) -> dict[str, list[dict]]:
 
 def belief_simplex(ctx: RunContext) -> dict[str, list[dict]]:
     """Held-out samples projected through the ridge probe of the belief at the depth that
-    decodes it best: predicted and true beliefs of up to N_POINTS samples (Shai et al.
+    decodes it best: predicted and true beliefs of up to N_POINTS test samples (Shai et al.
     2024's simplex), for the figure."""
     probes = pd.read_csv(ctx.run_dir / "probes.csv")
-    best = probes[probes["target"] == "belief"].sort_values("score").iloc[-1]
+    ridge = probes[(probes["target"] == "belief") & (probes["probe"] == "ridge")]
+    hook = ridge.sort_values("score").iloc[-1]["hook"]
+    weights = load_file(ctx.run_dir / "probe_weights.safetensors")
+    w, b = weights[f"belief|{hook}/weight"].double(), weights[f"belief|{hook}/bias"].double()
     config: ProbeConfig = ctx.preset.probe
     store = ActivationStore.open(ctx.run_dir / "activations")
-    acts, latents = store.load(best["hook"], store.latents)
-    target = next(
-        t
-        for t in build_task(ctx.run["task"], ctx.run["task_config"]).probe_targets()
-        if t.name == "belief"
-    )
-    mask, y = target_rows(target, latents)
-    x = acts[mask].double()
-    groups = latents["env_id"][mask] if "env_id" in latents else _sequence_ids(mask)[mask]
+    acts, latents = store.load(hook, ["belief"])
+    groups = _sequence_ids(acts.shape[:2])
     test = fold_of(groups, config.folds, config.test_fraction) == -1
-    stats = RidgeStats(x.shape[1], y.shape[1])
-    stats.add(x[~test], y[~test])
-    w, b = fit(stats, float(best["penalty"]))
-    pred = (x[test] @ w + b)[:N_POINTS]
-    true = y[test][:N_POINTS]
+    pred = (acts[test].double() @ w + b)[:N_POINTS]
+    true = latents["belief"][test].double()[:N_POINTS]
     return {
         "points": [
             {
-                "hook": best["hook"],
+                "hook": hook,
                 "sample": i,
                 **{f"pred_{k}": float(pred[i, k]) for k in range(3)},
                 **{f"true_{k}": float(true[i, k]) for k in range(3)},
@@ -122,5 +118,6 @@ def belief_simplex(ctx: RunContext) -> dict[str, list[dict]]:
     }
 
 
-def _sequence_ids(mask: torch.Tensor) -> torch.Tensor:
-    return torch.arange(mask.shape[0])[:, None].expand_as(mask)
+def _sequence_ids(shape) -> torch.Tensor:
+    """[sequences, pos] sequence index of each token (mess3 has no environment ids)."""
+    return torch.arange(shape[0])[:, None].expand(shape)

@@ -4,11 +4,12 @@
                             [--task NAME ...] [--seed N ...] [--set KEY=VALUE ...]
 
 STAGE is one of ``plan`` (list the runs), ``train``, ``probe``, ``census``, ``analyze``,
-``tables``, ``figures`` (tables, then figures), or ``sweep`` (all of them, one Ray task per
-run, at every point of the ``--grid`` axes and of the preset's ``[sweep]`` table; see
-:mod:`studies.sweep`); ``paper`` is ``sweep``, and with ``--serial`` both run every stage in
-this process instead (for debugging). The selection flags narrow the preset's runs alike for
-every stage: ``--model`` matches an arm name (``transformer-rope``) or an architecture
+``causal``, ``tables``, ``figures`` (tables, then figures), ``report`` (a Markdown results
+section from the tables; ``--readme`` puts it into README.md), or ``sweep`` (every stage, one
+Ray task per run, at every point of the ``--grid`` axes and of the preset's ``[sweep]`` table;
+see :mod:`studies.sweep`); ``paper`` is ``sweep``, and with ``--serial`` both run every stage
+in this process instead (for debugging). The selection flags narrow the preset's runs alike
+for every stage: ``--model`` matches an arm name (``transformer-rope``) or an architecture
 (``transformer``); ``--task`` selects the studies' conditions on that task, or runs the
 generic ``explore`` study on a task no study uses.
 User errors print one line (``--debug`` for the traceback).
@@ -18,16 +19,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from analysis.tables import read_tables
 from lab.config import ConfigError
 from models.checkpoint import CheckpointError
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
+from studies.report import report, write_report
 from studies.sweep import load_base, load_sweep, sweep
 
-COMMANDS = ("plan", "train", "probe", "census", "analyze", "tables", "figures", "paper", "sweep")
+COMMANDS = (
+    "plan",
+    "train",
+    "probe",
+    "census",
+    "analyze",
+    "causal",
+    "tables",
+    "figures",
+    "paper",
+    "sweep",
+    "report",
+)
+README = Path(__file__).resolve().parent.parent / "README.md"
 USER_ERRORS = (ConfigError, CheckpointError, OSError, FloatingPointError, ValueError, KeyError)
 
 
@@ -56,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--serial", action="store_true", help="sweep/paper: every stage in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--readme", action="store_true", help="report: also update README.md")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
 
@@ -79,12 +97,29 @@ def run(args: argparse.Namespace) -> None:
         for planned in selected:
             print(f"{planned.label:50s} {planned.run_dir}")
         return
+    results = preset.experiment_dir() / "results"
+    if args.stage == "report":
+        studies = list({p.study.name: p.study for p in selected}.values())
+        text = report(studies, read_tables(results), command_line(args))
+        write_report(text, results, README if args.readme else None)
+        print(f"wrote {results / 'README.md'}" + (f" and {README}" if args.readme else ""))
+        return
     if args.stage in STAGE_FUNCTIONS:
         STAGE_FUNCTIONS[args.stage](selected, progress=not args.no_progress)
     if args.stage in ("tables", "figures"):
-        tables = tables_stage(plan(preset, raw), preset.experiment_dir() / "results")
+        tables = tables_stage(plan(preset, raw), results)
         if args.stage != "tables":
             figures_stage(selected, tables, preset.experiment_dir() / "figures")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces ``args`` (for generated reports)."""
+    words = ["python -m studies", args.stage, "--preset", args.preset]
+    for flag in ("study", "model", "task", "seed"):
+        words += [f"--{flag} {value}" for value in getattr(args, flag)]
+    if args.set:
+        words += ["--set", *args.set]
+    return " ".join(str(w) for w in words)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,11 @@
 """The stages of a study, each over a list of planned runs:
 
-    train -> probe -> census -> analyze -> tables -> figures
+    train -> probe -> census -> analyze -> causal -> tables -> figures
 
 ``train`` resumes runs that exist and skips finished ones; ``probe`` caches activations on
 held-out environments and decodes the task's targets; ``census`` scores every unit;
-``analyze`` runs the study's own analyses; ``tables`` gathers every finished run of the
+``analyze`` runs the study's own analyses; ``causal`` ablates the labelled populations and
+steers along probe directions (:mod:`studies.causal`); ``tables`` gathers every finished run of the
 experiment into ``results/*.csv``; ``figures`` draws each study's figure from those tables.
 """
 
@@ -21,10 +22,11 @@ from analysis.tables import RunRecord, write_tables
 from lab.io import write_csv
 from models.train import train
 from probes.run import probe_run
+from studies.causal import causal_run
 from studies.plan import PlannedRun
 from studies.study import RunContext
 
-STAGES = ("train", "probe", "census", "analyze", "tables", "figures")
+STAGES = ("train", "probe", "census", "analyze", "causal", "tables", "figures")
 
 
 def train_stage(runs: list[PlannedRun], progress: bool = True) -> None:
@@ -66,6 +68,12 @@ def analyze_stage(runs: list[PlannedRun], progress: bool = True) -> None:
         print(f"analysed {planned.label}: {sorted(tables)}", flush=True)
 
 
+def causal_stage(runs: list[PlannedRun], progress: bool = True) -> None:
+    for planned in runs:
+        rows = causal_run(planned.run_dir, planned.preset.causal, planned.study.steering)
+        print(f"causal {planned.label}: {len(rows)} rows", flush=True)
+
+
 def records(runs: list[PlannedRun]) -> list[RunRecord]:
     """The finished runs among ``runs`` (those with a summary), for the tables."""
     return [
@@ -104,4 +112,5 @@ STAGE_FUNCTIONS: dict[str, Callable[..., None]] = {
     "probe": probe_stage,
     "census": census_stage,
     "analyze": analyze_stage,
+    "causal": causal_stage,
 }

@@ -16,6 +16,7 @@ from analysis.census import CensusConfig
 from lab.config import ConfigError, apply_overrides, deep_merge, from_dict, load_toml, require
 from models.train import TUNABLE, TrainConfig
 from probes.config import ProbeConfig
+from studies.causal import CausalConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -45,6 +46,7 @@ class Preset:
     ``models.train.TUNABLE``; the budget (steps, batch size) and the data stay shared."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     census: CensusConfig = field(default_factory=CensusConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig)
     study: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-study overrides, ``[study.<name>]``: any field above, plus ``conditions`` and
     ``arms`` (lists of names) to run only some of the study's."""

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from analysis.tables import Gate
 from studies.analyses import belief_simplex, memory_agents, successor_rsa
+from studies.causal import (
+    Steering,
+    decoded_x,
+    next_token_logprob,
+    respond_logit,
+    right_turn_logit,
+)
 from studies.study import Arm, Condition, Study
 
 STUDIES: dict[str, Study] = {
@@ -51,6 +58,13 @@ STUDIES: dict[str, Study] = {
             conditions=(Condition("figure8", "alternation"),),
             gate=Gate("choice_accuracy", 0.9, why="predicts the turn at the choice point"),
             headline=("choice_accuracy", "frac_splitter"),
+            steering=Steering(
+                "next_turn@on_stem",
+                right_turn_logit,
+                output=1,
+                expect="steering the stem code towards 'next turn: right' raises the right "
+                "arm's logit at the choice point",
+            ),
         ),
         Study(
             name="grid_cells",
@@ -63,6 +77,12 @@ STUDIES: dict[str, Study] = {
             ),
             gate=Gate("pos_error", 0.25, above=False, why="decoded position within 25 cm"),
             headline=("pos_error", "frac_grid", "grid_60_median"),
+            steering=Steering(
+                "pos_xy",
+                decoded_x,
+                output=0,
+                expect="steering along the decoded x moves the output's position code in x",
+            ),
         ),
         Study(
             name="time_cells",
@@ -71,6 +91,11 @@ STUDIES: dict[str, Study] = {
             conditions=(Condition("intervals", "interval_timing"),),
             gate=Gate("trial_accuracy", 0.8, why="responds on time in most trials"),
             headline=("trial_accuracy", "frac_time", "frac_ramp", "time_slope", "time_r"),
+            steering=Steering(
+                "t_since_cue@in_trial",
+                respond_logit,
+                expect="steering towards more elapsed time raises the respond logit in the delay",
+            ),
         ),
         Study(
             name="copying",
@@ -110,6 +135,12 @@ STUDIES: dict[str, Study] = {
             conditions=(Condition("mess3", "mess3"),),
             gate=Gate("kl_to_bayes", 0.05, above=False, why="predicts within 0.05 nats of Bayes"),
             headline=("kl_to_bayes", "accuracy"),
+            steering=Steering(
+                "belief",
+                next_token_logprob,
+                output=0,
+                expect="steering towards belief in state 0 raises the probability of token 0",
+            ),
             analyses=(belief_simplex,),
         ),
     )

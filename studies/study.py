@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.tables import Gate
+from studies.causal import Steering
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Study:
     analyses: tuple[Analysis, ...] = ()
     figure: str | None = None
     """Key of the study's figure in :data:`analysis.figures.FIGURES` (default: its name)."""
+    steering: Steering | None = None
+    """The causal stage's steering test (ablation runs for every study)."""
 
     def condition(self, name: str) -> Condition:
         for condition in self.conditions:

@@ -14,7 +14,7 @@ from probes.cache import write_store
 from tasks import build_task
 
 HOOK = "blocks.0.hook_resid_post"
-CONFIG = CensusConfig(n_shuffles=99, alpha=0.05)
+CONFIG = CensusConfig(n_shuffles=99, alpha=0.05, untrained=False)
 
 
 def synthetic_run(tmp_path, task_name, task_fields, units_of, n_batches=4, batch=64, seed=0):

@@ -79,3 +79,10 @@ def test_same_seed_same_weights(name):
     c = build_model(name, {**TOKEN_FIELDS, "seed": 4}).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_budget_fits_the_mlp_width_where_width_steps_are_too_coarse():
+    config = model_config("transformer", {**TOKEN_FIELDS, "n_heads": 4, "positional": "rope"})
+    sized = fit_to_budget("transformer", config, 24_000)  # d_model moves in steps of 8
+    assert abs(count_parameters(build_model("transformer", sized)) - 24_000) <= 2_400
+    assert sized.d_model % 8 == 0 and sized.d_mlp != 4 * sized.d_model

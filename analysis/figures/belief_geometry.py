@@ -7,11 +7,13 @@ import numpy as np
 
 from analysis.figures.panels import (
     StudyTables,
+    ablation_panel,
     empty,
     figure,
     finish,
     metric_bars,
     probe_depth_panel,
+    steering_panel,
 )
 
 CORNERS = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
@@ -24,7 +26,7 @@ def simplex_xy(p: np.ndarray) -> np.ndarray:
 
 def draw(st: StudyTables):
     models = st.models or ["-"]
-    fig, axes = figure(1, 2 + len(models), f"belief geometry: {st.study.question}")
+    fig, axes = figure(1, 4 + len(models), f"belief geometry: {st.study.question}")
     probe_depth_panel(axes[0, 0], st, "belief")
     metric_bars(axes[0, 1], st, "kl_to_bayes", "KL(Bayes || model), nats")
     points = st["points"]
@@ -45,5 +47,7 @@ def draw(st: StudyTables):
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
+    ablation_panel(axes[0, -2], st)
+    steering_panel(axes[0, -1], st)
     finish(fig, axes, st)
     return fig

@@ -3,11 +3,17 @@ and positional scheme."""
 
 from __future__ import annotations
 
-from analysis.figures.panels import StudyTables, curve_panel, figure, finish
+from analysis.figures.panels import (
+    StudyTables,
+    ablation_panel,
+    curve_panel,
+    figure,
+    finish,
+)
 
 
 def draw(st: StudyTables):
-    fig, axes = figure(1, 2, f"copying: {st.study.question}", width=4.0)
+    fig, axes = figure(1, 3, f"copying: {st.study.question}", width=4.0)
     chance = (
         st.metric("chance_accuracy")["value"].mean() if len(st.metric("chance_accuracy")) else None
     )
@@ -23,5 +29,6 @@ def draw(st: StudyTables):
         "string length",
         "whole-string accuracy",
     )
+    ablation_panel(axes[0, 2], st)
     finish(fig, axes, st)
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from analysis.figures.panels import (
     StudyTables,
+    ablation_panel,
     bar_panel,
     empty,
     figure,
@@ -11,11 +12,12 @@ from analysis.figures.panels import (
     metric_bars,
     probe_depth_panel,
     score_panel,
+    steering_panel,
 )
 
 
 def draw(st: StudyTables):
-    fig, axes = figure(1, 5, f"grid cells: {st.study.question}")
+    fig, axes = figure(1, 7, f"grid cells: {st.study.question}")
     score_panel(axes[0, 0], st, "grid_60", st.conditions[0] if st.conditions else None, "grid")
     frame = st.metric("frac_grid")
     if frame.empty:
@@ -26,5 +28,7 @@ def draw(st: StudyTables):
     metric_bars(axes[0, 2], st, "grid_60_median", "median gridness (60 deg)")
     metric_bars(axes[0, 3], st, "pos_error", "path-integration error (m)")
     probe_depth_panel(axes[0, 4], st, "pos_xy", st.conditions[0] if st.conditions else None)
+    ablation_panel(axes[0, 5], st, st.conditions[0] if st.conditions else None)
+    steering_panel(axes[0, 6], st, st.conditions[0] if st.conditions else None)
     finish(fig, axes, st)
     return fig

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from analysis.figures.panels import (
     StudyTables,
+    ablation_panel,
     curve_panel,
     figure,
     finish,
@@ -19,7 +20,7 @@ def draw(st: StudyTables):
     chance = (
         st.metric("chance_accuracy")["value"].mean() if len(st.metric("chance_accuracy")) else None
     )
-    fig, axes = figure(2, 4, f"navigation: {st.study.question}")
+    fig, axes = figure(2, 5, f"navigation: {st.study.question}")
     for col, condition in enumerate(st.conditions[:2]):
         curve_panel(
             axes[0, col],
@@ -53,5 +54,7 @@ def draw(st: StudyTables):
     probe_depth_panel(axes[1, 1], st, "pos_xy@is_obs", first)
     label_panel(axes[1, 2], st, ["place", "grid", "border"], first)
     score_panel(axes[1, 3], st, "grid_60", first, label="grid")
+    ablation_panel(axes[0, 4], st, first)
+    axes[1, 4].axis("off")
     finish(fig, axes, st)
     return fig

@@ -86,9 +86,16 @@ def line_panel(
 
 
 def bar_panel(
-    ax, frame: pd.DataFrame, group: str, colour: dict[str, str], value: str = "value"
+    ax,
+    frame: pd.DataFrame,
+    group: str,
+    colour: dict[str, str],
+    value: str = "value",
+    overlay: pd.DataFrame | None = None,
 ) -> None:
-    """Bars of the seed mean of ``value`` per (``group``, model), with seed dots."""
+    """Bars of the seed mean of ``value`` per (``group``, model), with seed dots; the seed
+    mean of an ``overlay`` frame (same columns, e.g. the untrained network) as white
+    diamonds on the same bars."""
     groups = list(dict.fromkeys(frame[group]))
     models = list(dict.fromkeys(frame["model"]))
     width = 0.8 / max(1, len(models))
@@ -100,17 +107,30 @@ def bar_panel(
                 continue
             xpos = i + (j - (len(models) - 1) / 2) * width
             mean = seed_mean(cell, ["model"], value).iloc[0]
+            faint = mean["all_unconverged"]
             ax.bar(
                 xpos,
                 mean[value],
                 width,
                 color=colour[model],
-                alpha=0.35 if mean["all_unconverged"] else 0.8,
+                alpha=0.35 if faint else 0.8,
                 label=model if i == 0 else None,
-                hatch="//" if mean["all_unconverged"] else None,
+                hatch="//" if faint else None,
             )
             for _, r in cell.iterrows():
                 ax.plot(xpos, r[value], "o" if r["converged"] else "x", color="k", ms=3)
+            if overlay is not None:
+                other = overlay[(overlay["model"] == model) & (overlay[group] == g)]
+                if len(other):
+                    ax.plot(
+                        xpos,
+                        other[value].astype(float).mean(),
+                        "D",
+                        mfc="white",
+                        mec="k",
+                        ms=4,
+                        label="untrained" if i == j == 0 else None,
+                    )
     ax.set_xticks(range(len(groups)), groups, fontsize=7)
 
 
@@ -261,12 +281,19 @@ def probe_depth_panel(ax, st: StudyTables, target: str, condition: str | None = 
 
 
 def label_panel(ax, st: StudyTables, labels: list[str], condition: str | None = None) -> None:
-    """Fraction of units (all hooks) carrying each census label, per model."""
-    frames = [st.metric(f"frac_{label}", condition).assign(label=label) for label in labels]
-    frame = pd.concat(frames) if frames else pd.DataFrame()
+    """Fraction of units (all hooks) carrying each census label, per model; white
+    diamonds: the same network at initialisation."""
+
+    def fractions(suffix):
+        frames = [
+            st.metric(f"frac_{label}{suffix}", condition).assign(label=label) for label in labels
+        ]
+        return pd.concat(frames) if frames else pd.DataFrame()
+
+    frame = fractions("")
     if frame.empty:
         return empty(ax, "no labelled units")
-    bar_panel(ax, frame, "label", st.colour)
+    bar_panel(ax, frame, "label", st.colour, overlay=fractions("_untrained"))
     ax.set_ylabel("fraction of units", fontsize=7)
 
 
@@ -275,7 +302,7 @@ def score_panel(
 ) -> None:
     """Distribution of a census score over units, per model; units with the label
     (significant) drawn filled."""
-    frame = st.rows("cells", condition, score=score)
+    frame = st.rows("cells", condition, score=score, network="trained")
     if frame.empty:
         return empty(ax, f"no {score}")
     values = finite(frame["value"])
@@ -312,3 +339,33 @@ def finish(fig, axes, st: StudyTables) -> None:
     gate = st.study.gate
     gate_text = f"converged: {gate.describe()} ({gate.why})" if gate else "no convergence gate"
     note(fig, f"{gate_text}; {UNCONVERGED_NOTE}")
+
+
+def ablation_panel(ax, st: StudyTables, condition: str | None = None) -> None:
+    """Loss change from mean-ablating each census population minus as many units matched
+    for activity variance (at the hook where the population is largest), per model."""
+    frame = st.rows("causal", condition, intervention="ablation-mean")
+    if frame.empty:
+        return empty(ax, "no ablation (no labelled population)")
+    frame = frame[frame["population"] == frame["target"] + "-matched"]
+    largest = frame.sort_values("amount").groupby(KEYS + ["target"]).tail(1)
+    bar_panel(ax, largest.rename(columns={"effect": "value"}), "target", st.colour)
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_ylabel("Δ loss: ablate population − matched units", fontsize=7)
+
+
+def steering_panel(ax, st: StudyTables, condition: str | None = None) -> None:
+    """Dose-response of the study's steering readout: along the probe direction (solid)
+    and along random directions of the same norm (dashed), per model."""
+    frame = st.rows("causal", condition, intervention="steering")
+    if frame.empty:
+        return empty(ax, "no steering")
+    along = frame[frame["population"] == "along"].rename(columns={"effect": "value"})
+    line_panel(ax, along, "amount", st.colour, label_models=False)
+    random = frame[frame["population"] == "random"]
+    for model, rows in random.groupby("model", sort=False):
+        mean = rows.groupby("amount")["effect"].mean()
+        ax.plot(mean.index, mean.values, "--", color=st.colour[model], lw=1)
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xlabel(f"steering along {frame['target'].iloc[0]} (s.d.)", fontsize=7)
+    ax.set_ylabel("change of readout (dashed: random)", fontsize=7)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from analysis.figures.panels import StudyTables, curve_panel, figure, finish, metric_bars
+from analysis.figures.panels import (
+    StudyTables,
+    ablation_panel,
+    curve_panel,
+    figure,
+    finish,
+    metric_bars,
+)
 
 
 def draw(st: StudyTables):
     conditions = st.conditions or ["-"]
-    fig, axes = figure(1, len(conditions) + 1, f"state tracking: {st.study.question}")
+    fig, axes = figure(1, len(conditions) + 2, f"state tracking: {st.study.question}")
     for col, condition in enumerate(conditions):
         curve_panel(
             axes[0, col],
@@ -18,6 +25,7 @@ def draw(st: StudyTables):
             "prefix length",
             f"accuracy ({condition})",
         )
-    metric_bars(axes[0, -1], st, "accuracy", "accuracy (all positions)")
+    metric_bars(axes[0, -2], st, "accuracy", "accuracy (all positions)")
+    ablation_panel(axes[0, -1], st)
     finish(fig, axes, st)
     return fig

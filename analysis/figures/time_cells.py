@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.figures.panels import StudyTables, curve_panel, empty, figure, finish, label_panel
+from analysis.figures.panels import (
+    StudyTables,
+    ablation_panel,
+    curve_panel,
+    empty,
+    figure,
+    finish,
+    label_panel,
+    steering_panel,
+)
 
 
 def draw(st: StudyTables):
-    fig, axes = figure(1, 4, f"time cells: {st.study.question}")
+    fig, axes = figure(1, 6, f"time cells: {st.study.question}")
     label_panel(axes[0, 0], st, ["time", "ramp"])
-    cells = st["cells"]
+    cells = st.rows("cells", network="trained")
     scatter, density = axes[0, 1], axes[0, 2]
     if cells.empty:
         empty(scatter, "no census")
@@ -47,5 +56,7 @@ def draw(st: StudyTables):
         "time since cue (steps)",
         "response rate",
     )
+    ablation_panel(axes[0, 4], st)
+    steering_panel(axes[0, 5], st)
     finish(fig, axes, st)
     return fig
