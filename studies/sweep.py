@@ -5,7 +5,7 @@ grid, executed side by side as Ray tasks; then each point's results tables and f
                             [--grid train.lr=[1e-3,3e-3] ...] [--serial]
 
 Each run is one Ray task that calls the stage functions ``make paper`` uses (train ->
-probe -> census -> analyze, :mod:`studies.pipeline`) in a worker process with
+probe -> census -> analyze -> causal, :mod:`studies.pipeline`) in a worker process with
 ``threads_per_run`` torch threads; its output (stage lines, progress bars, the traceback
 of an error) is appended to ``<run dir>/sweep.log``. Ray is started on the spot on this
 machine's cores, or joins the cluster that ``RAY_ADDRESS`` names (see docs/sweeps.md).
@@ -201,8 +201,9 @@ def point_experiment(base: str, values: dict[str, Any]) -> str:
 
 
 def run_stages(planned: PlannedRun, threads: int, sweep_id: str) -> dict[str, float | int]:
-    """Train, probe, census and analyze one run in this process (a Ray worker) with
-    ``threads`` torch threads, its output appended to ``<run dir>/sweep.log``; return
+    """Every per-run stage (train, probe, census, analyze, causal) of one run in this
+    process (a Ray worker) with ``threads`` torch threads, its output appended to
+    ``<run dir>/sweep.log``; return
     ``{"seconds": wall time, "attempt": 1 + earlier attempts of this sweep}``."""
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
@@ -232,6 +233,7 @@ def connect() -> bool:
     this process is already connected); return whether this call connected."""
     if ray.is_initialized():
         return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network: Ray reports nothing
     ray.init(
         address=os.environ.get("RAY_ADDRESS") or "local",
         include_dashboard=False,

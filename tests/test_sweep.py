@@ -84,8 +84,12 @@ def test_sweep_results_equal_serial_runs_bitwise(tmp_path, local_ray, one_thread
         serial_summary = json.loads((serial_dir / "summary.json").read_text())
         for key in ("final", "curves", "n_params"):
             assert ray_summary[key] == serial_summary[key]
-        for name in ("probes.csv", "cells.csv", "census.csv"):
+        for name in ("probes.csv", "cells.csv", "census.csv", "causal.csv"):
             assert (ray_dir / name).read_text() == (serial_dir / name).read_text(), name
+        probe_weights = "probe_weights.safetensors"
+        assert_same_tensors(
+            load_file(ray_dir / probe_weights), load_file(serial_dir / probe_weights)
+        )
         assert "1 torch thread(s)" in (ray_dir / LOG).read_text()
     for name in ("runs.csv", "summary.csv", "probes.csv"):
         ray_table = pd.read_csv(tmp_path / "ray/smoke/results" / name)
