@@ -40,8 +40,8 @@ def shuffle_fields(
        those where it lies inside the map, on visited bins, and neither on nor next to
        (4-neighbours) a field placed before, so fields stay apart as they were. (Drawn by
        rejection from uniform positions, then from all positions. When no position is
-       left, the copy starts over from its first field; a ValueError names units that
-       jam 100 times in a row.)
+       left, the copy starts over from its first field; a copy that jams 100 times in a
+       row is all NaN: the map's fields cannot be rearranged.)
     3. The background values are dealt to the remaining visited bins in uniformly random
        order. Unvisited bins stay NaN where they are.
 
@@ -74,7 +74,9 @@ def field_shuffle_null(
     """Significance of ``metric(maps, *args, **kwargs) -> [units]`` (e.g.
     :func:`analysis.gridness.grid_scores`) against field-shuffled maps (:func:`shuffle_fields`,
     whose arguments these are). Shuffles are batched as extra maps: ``metric`` is called on
-    [chunk * units, n_x, n_y] blocks of at most ``max_elements`` bins."""
+    [chunk * units, n_x, n_y] blocks of at most ``max_elements`` bins. A unit whose fields
+    cannot be rearranged (a copy jammed, or its metric is NaN on a copy) has no null:
+    p-value NaN, never significant."""
     if maps.ndim != 3:
         raise ValueError(f"maps must be [units, bins_x, bins_y], got {tuple(maps.shape)}")
     layout = _FieldLayout(maps, threshold, signed)
@@ -85,7 +87,12 @@ def field_shuffle_null(
         shuffled = layout.shuffle(min(chunk, n_shuffles - start), generator)
         scores = metric(rearrange(shuffled, "s u x y -> (s u) x y"), *args, **kwargs)
         null.append(rearrange(scores, "(s u) -> s u", u=maps.shape[0]))
-    return summarise_null(observed, torch.cat(null))
+    null = torch.cat(null)
+    result = summarise_null(observed, null)
+    untestable = torch.isnan(null).any(0)
+    result.p_values[untestable] = torch.nan
+    result.significant[untestable] = False
+    return result
 
 
 class _FieldLayout:
@@ -193,12 +200,6 @@ class _FieldLayout:
                 break
             active = torch.nonzero(jammed).flatten()
             blocked[active], taken[active], out[active] = unvisited[active], False, torch.nan
-        else:
-            stuck = sorted(set(unit[active].tolist()))
-            raise ValueError(
-                f"the fields of units {stuck[:10]} jammed {_RESTARTS} times: there is hardly "
-                f"room to place them apart; raise threshold"
-            )
         # Background: the free visited bins, in random order, take the background values.
         keys = torch.rand(len(unit), n_bins, generator=generator).to(device)
         free = ~(unvisited | taken)[:, :n_bins]
@@ -207,6 +208,7 @@ class _FieldLayout:
         real = torch.arange(width, device=device) < self.count[unit, None]
         target = torch.where(real, free_first[:, :width], n_bins)
         out.scatter_(1, target, values.gather(1, self.background[unit]))
+        out[jammed] = torch.nan  # jammed _RESTARTS times: these fields cannot be rearranged
         return out[:, :n_bins].view(n_shuffles, units, self.n_x, self.n_y)
 
     def _flat(self, cell: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,22 @@
-"""Training-step throughput of our Mamba against HF's and mambapy's, and the transformer
-and LSTM at the same parameter count, on CPU (issue: hooked Mamba).
+"""Training-step throughput of our Mamba scans against today's code and the anchors a user
+would pick instead (mambapy's pscan, HF transformers' MambaForCausalLM slow path), and the
+transformer and LSTM at the same parameter count, on CPU.
 
-    .venv/bin/python benchmarks/bench_mamba.py [--quick] [--threads 2] [--repeats 2]
+    .venv/bin/python benchmarks/bench_mamba.py [--quick] [--threads 2] [--rounds 7]
+        [--baseline 07226f4]
 
 One step = forward + backward + AdamW at batch 64 x seq 128, d_model 64, 2 layers,
-d_state 16, vocab 50. Timing: all models are built in one subprocess and stepped in
-interleaved rounds (one step of each per round; 2 warm-up rounds), so load from other
-processes on a shared machine hits every model alike and the ratios are same-time ratios;
-reported: median tok/s over the timed rounds, and the best round. ``--repeats`` runs the
-whole timing pass again to show the run-to-run spread. Memory: each model once more in
-its own subprocess, peak RSS (ru_maxrss) after 2 steps and its increase over the RSS
-after building the model. Scaling: our fast path at batch 16, seq 128 -> 1024.
+d_state 16, vocab 50, denormals flushed (as the train and probe commands do). "today" is
+models/mamba/{scan,model}.py at git commit ``--baseline``, loaded from git history into
+temporary modules and given the same weights. "+state" hooks ``hook_ssm_state`` with an
+identity hook, so the trajectory is materialised. All contenders run in one subprocess in
+interleaved rounds (benchmarks/harness.py), so ratios are same-time ratios; reported per
+contender: median [min, max] seconds, tokens/s, the median per-round speed-up over today's
+matching path, and the worst round against the median. The whole timing runs twice: with
+glibc's default allocator and with ``keep_freed_memory()`` (lab/allocator.py).
+Then: compile time of the "compiled" scan (fresh and warm Inductor cache), the reference
+scan today vs now, peak RSS per model (each in its own subprocess) and the fast paths
+against sequence length.
 """
 
 from __future__ import annotations
@@ -19,40 +25,76 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # this checkout's lab, not an installed one
+from harness import Timing, interleaved, print_table, ratio  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB, D_MODEL, LAYERS, D_STATE = 50, 64, 2, 16
+OURS = ["fast", "fast+state", "compiled", "compiled+state"]
+TODAY = ["today-fast", "today-fast+state"]
+ANCHORS = ["mambapy-pscan", "hf-slow", "transformer", "lstm"]
 
 
-def build(name: str):
+def load_baseline(commit: str) -> types.ModuleType:
+    """models/mamba/model.py at ``commit`` with its scan.py, as temporary modules."""
+
+    def module(name: str, path: str, source: str) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        sys.modules[name] = mod  # dataclasses look their module up
+        exec(compile(source, f"{commit}:{path}", "exec"), mod.__dict__)
+        return mod
+
+    def show(path: str) -> str:
+        command = ["git", "show", f"{commit}:{path}"]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    scan = module(f"baseline_{commit}_scan", "models/mamba/scan.py", show("models/mamba/scan.py"))
+    source = show("models/mamba/model.py")
+    if "from models.mamba.scan import" not in source:
+        raise RuntimeError(f"models/mamba/model.py at {commit} does not import its scans")
+    source = source.replace("from models.mamba.scan import", f"from {scan.__name__} import")
+    return module(f"baseline_{commit}_model", "models/mamba/model.py", source)
+
+
+def mamba_config(module: types.ModuleType, scan: str):
+    return module.MambaConfig(
+        d_model=D_MODEL, n_layers=LAYERS, d_state=D_STATE, d_vocab=VOCAB, d_vocab_out=VOCAB,
+        scan=scan,
+    )  # fmt: skip
+
+
+def build(name: str, baseline: str):
+    """(forward: tokens -> logits, module) of contender ``name``."""
     from torch import nn
 
-    if name.startswith("mamba-"):
-        from models.mamba import MambaConfig, MambaLM
+    import models.mamba as ours
 
-        config = MambaConfig(
-            d_model=D_MODEL,
-            n_layers=LAYERS,
-            d_state=D_STATE,
-            d_vocab=VOCAB,
-            d_vocab_out=VOCAB,
-            scan=name.removeprefix("mamba-"),
-        )
-        return MambaLM(config)
+    base, state = name.removesuffix("+state"), name.endswith("+state")
+    if base in ("fast", "compiled", "reference", "today-fast", "today-reference"):
+        module = load_baseline(baseline) if base.startswith("today-") else ours
+        model = module.MambaLM(mamba_config(module, base.removeprefix("today-")))
+        model.load_state_dict(ours.MambaLM(mamba_config(ours, "fast")).state_dict())
+        if state:  # an identity hook: the trajectory must be materialised
+            for block in model.blocks:
+                block.mixer.hook_ssm_state.add_hook(lambda act, hook: act)
+        return model, model
     if name == "hf-slow":
         from transformers import MambaConfig, MambaForCausalLM
 
-        hf = MambaForCausalLM(
-            MambaConfig(
-                vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS, state_size=D_STATE
-            )
+        config = MambaConfig(
+            vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS, state_size=D_STATE
         )
-        return lambda tokens: hf(tokens).logits, hf
+        hf = MambaForCausalLM(config)
+        return (lambda tokens: hf(tokens).logits), hf
     if name == "mambapy-pscan":
         from mambapy.mamba import Mamba, MambaConfig
 
@@ -69,47 +111,29 @@ def build(name: str):
             def forward(self, tokens):
                 return self.head(self.norm(self.backbone(self.embed(tokens))))
 
-        return MambapyLM()
+        model = MambapyLM()
+        return model, model
     if name in ("transformer", "lstm"):
         from models import build_model, count_parameters, fit_to_budget, model_config
-        from models.mamba import MambaConfig, MambaLM
 
-        budget = count_parameters(
-            MambaLM(
-                MambaConfig(
-                    d_model=D_MODEL,
-                    n_layers=LAYERS,
-                    d_state=D_STATE,
-                    d_vocab=VOCAB,
-                    d_vocab_out=VOCAB,
-                )
-            )
-        )
+        budget = count_parameters(ours.MambaLM(mamba_config(ours, "fast")))
         fields = {"n_layers": LAYERS, "d_vocab": VOCAB, "d_vocab_out": VOCAB}
         if name == "transformer":
             fields["n_ctx"] = 1024
-        config = fit_to_budget(name, model_config(name, fields), budget)
-        return build_model(name, config)
-    raise ValueError(name)
+        model = build_model(name, fit_to_budget(name, model_config(name, fields), budget))
+        return model, model
+    raise ValueError(f"unknown contender {name!r}")
 
 
-MODELS = ["mamba-fast", "mamba-fast+state", "mamba-reference", "hf-slow", "mambapy-pscan"]
-MODELS += ["transformer", "lstm"]
-
-
-def _step_fn(name: str):
-    """(one training step on ``tokens``, module) for model ``name``."""
+def training_step(name: str, baseline: str, batch: int, seq: int):
+    """A closure running one training step of ``name`` on fixed tokens, and the module."""
     import torch
 
-    state_hook = name.endswith("+state")
-    built = build(name.removesuffix("+state"))
-    forward, module = built if isinstance(built, tuple) else (built, built)
-    if state_hook:  # caching the state trajectory: the fast path must materialise it
-        for block in module.blocks:
-            block.mixer.hook_ssm_state.add_hook(lambda act, hook: None)
+    forward, module = build(name, baseline)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    tokens = torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(0))
 
-    def step(tokens):
+    def step():
         logits = forward(tokens)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
         optimizer.zero_grad()
@@ -119,105 +143,131 @@ def _step_fn(name: str):
     return step, module
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def time_rounds(names: list[str], batch: int, seq: int, steps: int, threads: int) -> dict:
-    """Interleaved timing of several models in this process: {name: row}."""
+def _setup(threads: int, keep_freed: bool) -> None:
     import torch
 
+    from lab.allocator import keep_freed_memory
+
+    if keep_freed and not keep_freed_memory():
+        raise RuntimeError("keep_freed_memory() did not apply (not glibc?)")
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    models = {name: _step_fn(name) for name in names}
-    tokens = torch.randint(0, VOCAB, (batch, seq))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(steps + 2):
-        for name, (step, _) in models.items():
-            start = time.perf_counter()
-            step(tokens)
-            if i >= 2:
-                times[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "params": sum(p.numel() for p in module.parameters()),
-            "tok_s": batch * seq / statistics.median(times[name]),
-            "best_tok_s": batch * seq / min(times[name]),
-        }
-        for name, (_, module) in models.items()
-    }
+    torch.set_flush_denormal(True)
 
 
-def memory(name: str, batch: int, seq: int, threads: int) -> dict:
-    """Peak RSS of 2 training steps of one model (run alone in a subprocess)."""
-    import torch
+def time_rounds(names, baseline, batch, seq, rounds, warmup, threads, keep_freed) -> dict:
+    """Interleaved timing of the contenders in this process: {name: seconds per round}."""
+    _setup(threads, keep_freed)
+    steps = {name: training_step(name, baseline, batch, seq)[0] for name in names}
+    timings = interleaved(steps, rounds=rounds, warmup=warmup)
+    return {name: t.seconds for name, t in timings.items()}
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    step, _ = _step_fn(name)
-    tokens = torch.randint(0, VOCAB, (batch, seq))
-    built_mb = _rss_mb()
+
+def compile_seconds(name: str, baseline: str, threads: int) -> dict:
+    """Seconds of the first training step (compiling the kernels) and of the third."""
+    _setup(threads, keep_freed=False)
+    step, _ = training_step(name, baseline, 64, 128)
     times = []
-    for _ in range(2):
+    for _ in range(3):
         start = time.perf_counter()
-        step(tokens)
+        step()
         times.append(time.perf_counter() - start)
+    return {"first": times[0], "steady": times[-1]}
+
+
+def memory(name: str, baseline: str, batch: int, seq: int, threads: int) -> dict:
+    """Peak RSS of 3 training steps of one model (run alone in a subprocess)."""
+    _setup(threads, keep_freed=False)
+    step, _ = training_step(name, baseline, batch, seq)
+    with open("/proc/self/statm") as f:
+        built_mb = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    for _ in range(3):
+        step()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_mb": peak_mb, "delta_mb": peak_mb - built_mb, "tok_s": batch * seq / times[-1]}
+    return {"peak_mb": peak_mb, "delta_mb": peak_mb - built_mb}
 
 
-def _sub(*args) -> dict:
+def _sub(*args, env: dict | None = None):
     out = subprocess.run(
         [sys.executable, __file__, "--sub", json.dumps(args)],
         capture_output=True,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     if out.returncode:
         raise RuntimeError(f"{args[0]} failed:\n{textwrap.indent(out.stderr[-3000:], '  ')}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+SUBCOMMANDS = {"time": time_rounds, "compile": compile_seconds, "memory": memory}
+
+
+def report(timings: dict[str, Timing], tokens: int) -> None:
+    print_table(timings, baseline="today-fast", work=tokens, unit="tok")
+    print("  targets (median per-round speed-up; worst round's throughput vs the median):")
+    for name in [n for n in timings if n in OURS]:
+        today = "today-fast+state" if name.endswith("+state") else "today-fast"
+        print(f"    {name:<16} {ratio(timings, name, today):6.2f}x vs {today}")
+    for name, t in timings.items():
+        print(f"    {name:<16} worst round at {t.median / max(t.seconds):5.0%} of median tok/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 steps; no HF slow path")
+    parser.add_argument("--quick", action="store_true", help="3 rounds; no HF, memory, scaling")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=2, help="timing passes (default 2)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
+    parser.add_argument("--baseline", default="07226f4", help="git commit of 'today'")
     parser.add_argument("--sub", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sub:
         kind, *rest = json.loads(args.sub)
-        print(json.dumps({"time": time_rounds, "memory": memory}[kind](*rest)))
+        print(json.dumps(SUBCOMMANDS[kind](*rest)))
         return
-    steps = 3 if args.quick else 5
-    names = [n for n in MODELS if not (args.quick and n == "hf-slow")]
+    rounds = 3 if args.quick else args.rounds
+    names = TODAY + OURS + [n for n in ANCHORS if not (args.quick and n == "hf-slow")]
+    tokens = 64 * 128
     print(
         f"one training step (fwd + bwd + AdamW), batch 64 x seq 128, {args.threads} torch "
-        f"threads, median of {steps} interleaved rounds (best round in brackets)"
+        f"threads, {rounds} interleaved rounds after 2 warm-up rounds; today = {args.baseline}"
     )
-    passes = [_sub("time", names, 64, 128, steps, args.threads) for _ in range(args.repeats)]
-    mem = {name: _sub("memory", name, 64, 128, args.threads) for name in names}
-    header = f"{'model':18} {'params':>7}"
-    for r in range(args.repeats):
-        header += f" {f'tok/s #{r + 1}':>16} {'x mambapy':>9} {'x HF':>6}"
-    print(header + f" {'peak RSS MB':>11} {'+MB':>6}")
-    for name in names:
-        line = f"{name:18} {passes[0][name]['params']:7d}"
-        for rows in passes:
-            row, pscan = rows[name], rows["mambapy-pscan"]["tok_s"]
-            hf = rows.get("hf-slow", {}).get("tok_s")
-            tok = f"{row['tok_s']:.0f} ({row['best_tok_s']:.0f})"
-            vs_hf = f"{row['tok_s'] / hf:6.1f}" if hf else f"{'-':>6}"
-            line += f" {tok:>16} {row['tok_s'] / pscan:9.2f} {vs_hf}"
-        print(line + f" {mem[name]['peak_mb']:11.0f} {mem[name]['delta_mb']:6.0f}")
-    print("\nour fast path (mamba-fast), batch 16: throughput and memory against sequence length")
+    for keep_freed in (False, True):
+        allocator = "keep_freed_memory()" if keep_freed else "glibc default allocator"
+        rows = _sub("time", names, args.baseline, 64, 128, rounds, 2, args.threads, keep_freed)
+        print(f"\n-- {allocator}")
+        report({name: Timing(name, seconds) for name, seconds in rows.items()}, tokens)
+
+    print("\ncompile time of the 'compiled' scan (first training step minus a later one)")
+    with tempfile.TemporaryDirectory() as cache:
+        for cache_state in ("fresh", "warm"):
+            for name in ("compiled", "compiled+state"):
+                env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+                t = _sub("compile", name, args.baseline, args.threads, env=env)
+                print(
+                    f"  {name:<16} {cache_state} Inductor cache: "
+                    f"{t['first'] - t['steady']:6.1f} s (first step {t['first']:.1f} s)"
+                )
+
+    print("\nreference scan (autograd step loop), batch 64 x seq 128: today vs now")
+    rows = _sub(
+        "time", ["today-reference", "reference"], args.baseline, 64, 128,
+        1 if args.quick else 3, 1, args.threads, False,
+    )  # fmt: skip
+    timings = {name: Timing(name, seconds) for name, seconds in rows.items()}
+    print_table(timings, baseline="today-reference", work=tokens, unit="tok")
+    if args.quick:
+        return
+
+    print("\npeak RSS of 3 training steps, each model alone in a subprocess")
+    for name in TODAY + OURS + ANCHORS:
+        m = _sub("memory", name, args.baseline, 64, 128, args.threads)
+        print(f"  {name:<16} {m['peak_mb']:7.0f} MB (+{m['delta_mb']:.0f} MB over the built model)")
+
+    print("\nfast paths at batch 16 against sequence length (today-fast is the baseline)")
     for seq in (128, 256, 512, 1024):
-        row = _sub("time", ["mamba-fast"], 16, seq, steps, args.threads)["mamba-fast"]
-        m = _sub("memory", "mamba-fast", 16, seq, args.threads)
-        print(
-            f"  seq {seq:5d}: {row['tok_s']:7.0f} tok/s (best {row['best_tok_s']:.0f}), "
-            f"peak RSS {m['peak_mb']:.0f} MB (+{m['delta_mb']:.0f} MB over the built model)"
-        )
+        contenders = ["today-fast", "fast", "compiled"]
+        rows = _sub("time", contenders, args.baseline, 16, seq, 3, 2, args.threads, False)
+        timings = {name: Timing(name, seconds) for name, seconds in rows.items()}
+        print_table(timings, baseline="today-fast", work=16 * seq, unit="tok", title=f"seq {seq}")
 
 
 if __name__ == "__main__":

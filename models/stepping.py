@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from models.lstm import HookedLSTM
 from models.mamba import MambaLM
+from models.mamba.scan import transition
 
 Edit = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 """A replacement value [batch, *shape] (or [*shape], the same for every sequence), or a
@@ -161,7 +162,8 @@ class LSTMStepper(RecurrentStepper):
 
 class MambaStepper(RecurrentStepper):
     """The recurrence of :class:`models.mamba.MambaMixer` (mamba-ssm's ``step``):
-    conv window -> SiLU -> (dt, B, C) -> h_t = exp(dt A) h_{t-1} + dt B x_t -> C.h + D x."""
+    conv window -> SiLU -> (dt, B, C) -> h_t = a_t h_{t-1} + dt B x_t -> C.h + D x, with
+    a_t = exp(dt A) or, for ``eigenvalues="signed"``, 2 exp(dt A) - 1."""
 
     def __init__(self, model: MambaLM):
         self.model = model
@@ -187,7 +189,8 @@ class MambaStepper(RecurrentStepper):
             dt_low, B, C = mixer.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
             dt = F.softplus(mixer.dt_proj(dt_low))  # [batch, E]
             A = -torch.exp(mixer.A_log.float())  # [E, N]
-            h = torch.exp(dt[..., None] * A) * state[ssm_name] + (dt * x)[..., None] * B[:, None]
+            a, _ = transition(dt, A, signed=c.eigenvalues == "signed")  # [batch, E, N]
+            h = a * state[ssm_name] + (dt * x)[..., None] * B[:, None]
             new[ssm_name] = h = apply_edit(ssm_name, h, edits)  # [batch, E, N]
             y = (h * C[:, None]).sum(-1) + mixer.D * x
             hidden = hidden + mixer.out_proj(y * F.silu(z))

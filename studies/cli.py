@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from analysis.tables import read_tables
+from lab.allocator import keep_freed_memory
 from lab.config import ConfigError
 from models.checkpoint import CheckpointError
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
@@ -80,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+    keep_freed_memory()  # large activations are reused, not faulted in again every step
     selection = Selection(tuple(args.study), tuple(args.model), tuple(args.task), tuple(args.seed))
     if args.stage in ("sweep", "paper"):
         spec = load_sweep(args.preset, args.set, args.grid)

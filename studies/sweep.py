@@ -44,6 +44,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
+from lab.allocator import keep_freed_memory
 from lab.config import (
     ConfigError,
     apply_overrides,
@@ -206,7 +207,8 @@ def run_stages(planned: PlannedRun, threads: int, sweep_id: str) -> dict[str, fl
     ``<run dir>/sweep.log``; return
     ``{"seconds": wall time, "attempt": 1 + earlier attempts of this sweep}``."""
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+    torch.set_flush_denormal(True)  # as the command line sets it (studies.cli.run)
+    keep_freed_memory()
     log_path = planned.run_dir / LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
     header = f"sweep {sweep_id} attempt"

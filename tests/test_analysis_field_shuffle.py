@@ -128,5 +128,26 @@ def test_bad_shape_and_crowded_maps():
     # placing them one by one at random almost never ends there.
     crowded = torch.full((2, 1, 29), 0.01, dtype=torch.float64)
     crowded[1, 0, ::2] = 1.0
-    with pytest.raises(ValueError, match=r"units \[1\] jammed"):
-        shuffle_fields(crowded, 3, generator=torch.Generator().manual_seed(4))
+    shuffled = shuffle_fields(crowded, 3, generator=torch.Generator().manual_seed(4))
+    assert not torch.isnan(shuffled[:, 0]).any()
+    copies = shuffled[:, 1, 0]  # [3, 29]: jammed copies are all NaN, the others complete
+    jammed = torch.isnan(copies).all(1)
+    assert jammed.any() and not torch.isnan(copies[~jammed]).any()
+    for copy in copies[~jammed]:
+        assert torch.equal(copy.sort().values, crowded[1, 0].sort().values)
+
+
+def test_units_whose_fields_cannot_move_have_no_null():
+    """A crowded map (as above) gets p-value NaN and is never significant; the other unit
+    of the same call is tested as usual."""
+    crowded = torch.full((2, 1, 29), 0.01, dtype=torch.float64)
+    crowded[0, 0, 3:6] = 1.0
+    crowded[1, 0, ::2] = 1.0
+    null = field_shuffle_null(
+        lambda m: torch.nan_to_num(m, nan=0.0).amax((1, 2)) + m[:, 0, 4],
+        crowded,
+        n_shuffles=9,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.isnan(null.p_values[1]) and not null.significant[1]
+    assert 0 < null.p_values[0] <= 1

@@ -63,6 +63,19 @@ def test_step_by_step_rollout_equals_the_full_forward_pass(name, d_input):
     torch.testing.assert_close(out.inputs, x)
 
 
+def test_signed_mamba_rollout_equals_the_full_forward_pass():
+    """The stepper follows the signed transition a = 2 exp(dt A) - 1 (its self-check would
+    refuse a model option it does not know)."""
+    model = tiny("mamba", eigenvalues="signed")
+    x = sequences(3, 12)
+    out = rollout(model, x, record=state_names("mamba"))
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(x), atol=2e-5, rtol=1e-4)
+        expected = cached_states(model, "mamba", x)
+    for state, value in out.states.items():
+        torch.testing.assert_close(value, expected[state], atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ARCHS)
 def test_patched_state_continues_exactly_as_the_run_it_came_from(name):
     """Run B differs from run A before step t and agrees from t on. Writing B's state into

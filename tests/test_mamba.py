@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -6,7 +9,8 @@ import torch
 import models.mamba.model as mamba_model
 from models import build_model
 from models.mamba import MambaConfig, MambaLM, MambaMixer
-from models.mamba.scan import fast_scan, fused_selective_scan, reference_scan
+from models.mamba.compiled import compile_error, compiled_kernels
+from models.mamba.scan import readout, reference_scan, selective_scan, transition
 
 CONFIG = MambaConfig(d_model=16, n_layers=2, d_vocab=11, d_vocab_out=7, d_state=8, seed=0)
 
@@ -35,56 +39,180 @@ def test_mixer_parameters_match_mamba_ssm():
     assert (dt >= 0.001 - 1e-6).all() and (dt <= 0.1 + 1e-6).all()
 
 
-def test_fast_scan_equals_reference_forward_and_backward():
-    g = torch.Generator().manual_seed(0)
-    decay = torch.rand(3, 20, 5, 4, generator=g).requires_grad_()
-    drive = torch.randn(3, 20, 5, 4, generator=g).requires_grad_()
-    weights = torch.randn(3, 20, 5, 4, generator=g)
-    outs = []
-    for scan in (reference_scan, fast_scan):
-        states = scan(decay, drive)
-        grads = torch.autograd.grad((states * weights).sum(), (decay, drive))
-        outs.append((states, *grads))
-    for ref, fast in zip(*outs, strict=True):
-        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+def scan_inputs(b=2, L=10, E=6, N=4, seed=1):
+    """x, dt, A, B, C of a selective scan (all requiring grad) and output weights [b, L, E]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, L, E, generator=g)
+    dt = torch.rand(b, L, E, generator=g) * 0.5
+    A = -torch.rand(E, N, generator=g) * 3
+    B, C = torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g)
+    return [t.requires_grad_() for t in (x, dt, A, B, C)], torch.randn(b, L, E, generator=g)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
-def test_fused_scan_equals_reference_across_chunk_boundaries(chunk):
-    """y = C . h + its gradients for x, dt, A, B, C, with the state and its gradient
-    carried over chunk boundaries (chunk 64 > L: one chunk)."""
-    g = torch.Generator().manual_seed(1)
-    b, L, E, N = 2, 10, 6, 4
-    x = torch.randn(b, L, E, generator=g).requires_grad_()
-    dt = (torch.rand(b, L, E, generator=g) * 0.5).requires_grad_()
-    A = (-torch.rand(E, N, generator=g) * 3).requires_grad_()
-    B = torch.randn(b, L, N, generator=g).requires_grad_()
-    C = torch.randn(b, L, N, generator=g).requires_grad_()
-    weights = torch.randn(b, L, E, generator=g)
-    inputs = (x, dt, A, B, C)
-    decay = torch.exp(dt[..., None] * A)
+def reference_readout(x, dt, A, B, C, signed):
+    """y = C . h from the autograd step loop over materialised decays and drives."""
+    decay = transition(dt, A, signed)[0]
     states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
-    ref = torch.einsum("blen,bln->ble", states, C)
-    ref_grads = torch.autograd.grad((ref * weights).sum(), inputs)
-    y = fused_selective_scan(x, dt, A, B, C, chunk=chunk)
-    grads = torch.autograd.grad((y * weights).sum(), inputs)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    for name, got, want in zip("x dt A B C".split(), grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+    return torch.einsum("blen,bln->ble", states, C)
 
 
-def test_model_backends_agree_on_logits_and_all_gradients():
-    model = MambaLM(CONFIG)
-    tokens = torch.randint(0, 11, (2, 13))
+def assert_scan_matches_reference(scan, signed, rtol=1e-5, atol=1e-5):
+    """scan(x, dt, A, B, C) -> y against :func:`reference_readout`: y and the gradients of
+    a weighted sum of y with respect to x, dt, A, B, C."""
+    inputs, weights = scan_inputs()
+    want = reference_readout(*inputs, signed)
+    want_grads = torch.autograd.grad((want * weights).sum(), inputs)
+    got = scan(*inputs)
+    grads = torch.autograd.grad((got * weights).sum(), inputs)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    for name, grad, want_grad in zip("x dt A B C".split(), grads, want_grads, strict=True):
+        torch.testing.assert_close(grad, want_grad, rtol=rtol, atol=atol, msg=name)
+
+
+def test_reference_scan_is_the_recurrence():
+    """h_t = decay_t h_{t-1} + drive_t, h_{-1} = 0, against a hand-unrolled loop."""
+    g = torch.Generator().manual_seed(0)
+    decay, drive = torch.rand(2, 4, 3, 2, generator=g), torch.randn(2, 4, 3, 2, generator=g)
+    h0 = drive[:, 0]
+    h1 = decay[:, 1] * h0 + drive[:, 1]
+    h2 = decay[:, 2] * h1 + drive[:, 2]
+    h3 = decay[:, 3] * h2 + drive[:, 3]
+    torch.testing.assert_close(reference_scan(decay, drive), torch.stack([h0, h1, h2, h3], 1))
+
+
+def test_signed_transition_is_two_exp_minus_one_with_its_derivative():
+    dt, A = torch.tensor([[0.5, 2.0]]), torch.tensor([[-1.0], [-3.0]])
+    for signed, want in (
+        (False, torch.exp(dt[..., None] * A)),
+        (True, 2 * torch.exp(dt[..., None] * A) - 1),
+    ):
+        a, da = transition(dt, A, signed)
+        torch.testing.assert_close(a, want)
+        # da/d(dt A) by autograd through the definition
+        z = (dt[..., None] * A).requires_grad_()
+        (grad,) = torch.autograd.grad((2 * z.exp() - 1 if signed else z.exp()).sum(), z)
+        torch.testing.assert_close(da, grad)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_selective_scan_equals_reference_across_chunk_boundaries(chunk, signed):
+    """y = C . h and its gradients for x, dt, A, B, C, with the state and its gradient
+    carried over chunk boundaries and a zero-padded last chunk (chunk 64 > L: one chunk)."""
+    assert_scan_matches_reference(
+        lambda *inputs: selective_scan(*inputs, signed=signed, chunk=chunk), signed
+    )
+
+
+def trajectory_readout(signed, chunk, kernels=None):
+    """A scan through the state trajectory: selective_scan's states, read out by C . h
+    (so every gradient reaches the inputs through the trajectory)."""
+
+    def scan(x, dt, A, B, C):
+        extra = {} if kernels is None else {"kernels": kernels}
+        y, states = selective_scan(x, dt, A, B, C, signed, chunk, with_states=True, **extra)
+        assert states.shape == (*x.shape, A.shape[1])
+        return readout(states, C)
+
+    return scan
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_state_trajectory_equals_reference_across_chunk_boundaries(chunk, signed):
+    """The whole trajectory (read out by C . h) and its gradients."""
+    assert_scan_matches_reference(trajectory_readout(signed, chunk), signed)
+
+
+def test_gradients_from_both_the_output_and_the_trajectory():
+    """A loss on y and on the states at once: the reverse recurrence adds both."""
+    inputs, weights = scan_inputs()
+    x, dt, A, B, C = inputs
+    decay = transition(dt, A, True)[0]
+    want_states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
+    want = torch.einsum("blen,bln->ble", want_states, C)
+    state_weights = torch.randn(want_states.shape, generator=torch.Generator().manual_seed(2))
+    want_loss = (want * weights).sum() + (want_states * state_weights).sum()
+    y, states = selective_scan(*inputs, signed=True, chunk=3, with_states=True)
+    torch.testing.assert_close(states, want_states)
+    loss = (y * weights).sum() + (states * state_weights).sum()
+    for got, want_grad in zip(
+        torch.autograd.grad(loss, inputs), torch.autograd.grad(want_loss, inputs), strict=True
+    ):
+        torch.testing.assert_close(got, want_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_readout_is_the_contraction_over_the_state_axis():
+    g = torch.Generator().manual_seed(0)
+    states, C = torch.randn(3, 5, 4, 2, generator=g), torch.randn(3, 5, 2, generator=g)
+    torch.testing.assert_close(readout(states, C), torch.einsum("blen,bln->ble", states, C))
+
+
+def parity_inputs(bits: torch.Tensor):
+    """A hand-built one-channel, one-state selective scan whose state holds the parity of
+    ``bits`` [batch, L]: a start step drives h to 1 (x = 1, dt = 1, B = 1), then each bit
+    has no drive (x = 0) and dt = 20 * bit with A = -1, so its transition is 1 for a 0 and
+    exp(-20) (positive) or 2 exp(-20) - 1 ~ -1 (signed) for a 1."""
+    batch, length = bits.shape
+    dt = torch.cat([torch.ones(batch, 1), 20.0 * bits], 1)[..., None]  # [batch, L + 1, 1]
+    x = torch.zeros_like(dt)
+    x[:, 0] = 1
+    ones = torch.ones(batch, length + 1, 1)
+    return x, dt, -torch.ones(1, 1), ones, ones  # x, dt, A, B, C
+
+
+def test_signed_transitions_flip_the_state_sign_and_compute_parity():
+    """Parity needs a state whose sign flips: h_T = (-1)^(number of ones) with signed
+    transitions, in every scan; with positive transitions a_t in (0, 1) and a non-negative
+    drive, no choice of dt can make the state negative."""
+    bits = torch.randint(0, 2, (64, 12), generator=torch.Generator().manual_seed(0)).float()
+    parity = bits.sum(1) % 2
+    x, dt, A, B, C = parity_inputs(bits)
+    scans = {
+        "reference": lambda signed: reference_readout(x, dt, A, B, C, signed),
+        "selective": lambda signed: selective_scan(x, dt, A, B, C, signed, chunk=5),
+        "trajectory": lambda signed: selective_scan(
+            x, dt, A, B, C, signed, chunk=5, with_states=True
+        )[1][..., 0],
+    }
+    for name, scan in scans.items():
+        signed_final = scan(True)[:, -1, 0]
+        assert torch.equal(signed_final < 0, parity == 1), name
+        torch.testing.assert_close(signed_final.abs(), torch.ones(64), atol=1e-6, rtol=0)
+        assert (scan(False) >= 0).all(), name
+    # positive transitions stay positive for any dt (here random, large and small)
+    dt_any = torch.rand(dt.shape, generator=torch.Generator().manual_seed(1)) * 40
+    assert (reference_readout(x.abs() + 0.1, dt_any, A, B, C, signed=False) > 0).all()
+
+
+def test_model_backends_agree_on_logits_and_all_gradients_signed():
+    config = MambaConfig(**{**CONFIG.__dict__, "eigenvalues": "signed"})
+    assert_backends_agree(MambaLM(config), ("reference", "fast"))
+
+
+def assert_backends_agree(model, scans, state_hooked=False, hooks=None):
+    """Logits and every parameter gradient of ``model`` under each scan equal the first's,
+    with ``hooks`` {name: hook} (or an identity hook on hook_ssm_state if ``state_hooked``)."""
+    tokens = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(0))
+    if state_hooked:
+        hooks = {"blocks.0.mixer.hook_ssm_state": lambda act, hook: act}
     results = {}
-    for scan in ("reference", "fast"):
+    for scan in scans:
         model.zero_grad()
-        logits = model(tokens, scan=scan)
+        logits = model.run_with_hooks(tokens, fwd_hooks=list((hooks or {}).items()), scan=scan)
         logits.square().mean().backward()
         results[scan] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    torch.testing.assert_close(results["fast"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
-    for name, grad in results["reference"][1].items():
-        torch.testing.assert_close(results["fast"][1][name], grad, rtol=1e-4, atol=1e-6)
+    want_logits, want_grads = results[scans[0]]
+    for scan in scans[1:]:
+        logits, grads = results[scan]
+        torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5, msg=scan)
+        for name, grad in want_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("state_hooked", [False, True])
+def test_model_backends_agree_on_logits_and_all_gradients(state_hooked):
+    assert_backends_agree(MambaLM(CONFIG), ("reference", "fast"), state_hooked)
 
 
 def test_mixer_matches_huggingface_mamba_mixer():
@@ -142,20 +270,57 @@ def test_patching_dt_changes_the_output_as_the_recurrence_says():
     torch.testing.assert_close(y, cache[mixer + "hook_ssm_out"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("patch", ["in_place", "new_tensor", "identity"])
+def test_patching_the_state_trajectory_is_what_the_output_reads(patch):
+    """A hook on hook_ssm_state that rewrites the trajectory (in place, or returning a new
+    tensor) changes y = C . h + D x as the reference says, gradients included; one that
+    returns it untouched changes nothing."""
+
+    def in_place(act, hook):
+        act[:, 3:] *= -2.0
+
+    hooks = {
+        "in_place": in_place,
+        "new_tensor": lambda act, hook: torch.flip(act, dims=[1]),
+        "identity": lambda act, hook: act,
+    }
+    model = MambaLM(CONFIG)
+    tokens = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(0))
+    clean = model(tokens)
+    hooked = {"blocks.0.mixer.hook_ssm_state": hooks[patch]}
+    assert_backends_agree(model, ("reference", "fast"), hooks=hooked)
+    patched = model.run_with_hooks(tokens, fwd_hooks=list(hooked.items()), scan="fast")
+    assert torch.allclose(patched, clean) == (patch == "identity")
+
+
 def test_registry_builds_mamba_and_names_bad_scans():
     model = build_model("mamba", {"d_vocab": 11, "d_vocab_out": 7, "d_model": 16})
     _, cache = model.run_with_cache(torch.randint(0, 11, (2, 5)))
     assert cache["blocks.1.hook_resid_post"].shape == (2, 5, 16)
     with pytest.raises(ValueError, match=r"unknown scan 'parallel'; valid"):
         MambaConfig(scan="parallel")
+    with pytest.raises(ValueError, match=r"unknown eigenvalues 'complex'; valid: \['positive'"):
+        MambaConfig(eigenvalues="complex")
 
 
 def test_cuda_request_without_cuda_warns_and_falls_back():
     model = MambaLM(CONFIG)
     tokens = torch.randint(0, 11, (1, 6))
-    with pytest.warns(UserWarning, match="scan='cuda': no CUDA kernels"):
+    with pytest.warns(UserWarning, match="scan='cuda': no CUDA kernels, the model is not on"):
         out = model(tokens, scan="cuda")
     torch.testing.assert_close(out, model(tokens, scan="reference"), rtol=1e-5, atol=1e-6)
+    signed = MambaLM(MambaConfig(**{**CONFIG.__dict__, "eigenvalues": "signed"}))
+    with pytest.warns(UserWarning, match=r"eigenvalues='signed' \(the kernel only computes"):
+        signed(tokens, scan="cuda")
+
+
+def test_compiled_request_without_a_compiler_warns_and_uses_fast(monkeypatch):
+    monkeypatch.setattr(mamba_model, "compile_error", lambda device: "InvalidCxxCompiler: none")
+    model = MambaLM(CONFIG)
+    tokens = torch.randint(0, 11, (1, 6))
+    with pytest.warns(UserWarning, match=r"scan 'compiled': torch.compile cannot build .*none"):
+        out = model(tokens, scan="compiled")
+    torch.testing.assert_close(out, model(tokens, scan="fast"))
 
 
 def test_fast_path_materialises_the_state_only_when_hooked(monkeypatch):
@@ -165,16 +330,16 @@ def test_fast_path_materialises_the_state_only_when_hooked(monkeypatch):
     tokens = torch.randint(0, 11, (2, 6))
     calls = []
 
-    def spy(decay, drive):
-        calls.append(decay.shape)
-        return fast_scan(decay, drive)
+    def spy(*args, with_states=False, **kwargs):
+        calls.append(with_states)
+        return selective_scan(*args, with_states=with_states, **kwargs)
 
-    monkeypatch.setattr(mamba_model, "fast_scan", spy)
+    monkeypatch.setattr(mamba_model, "selective_scan", spy)
     model(tokens, scan="fast")
     model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_ssm_dt"))
-    assert calls == []
+    assert calls == [False] * 4
     _, cache = model.run_with_cache(tokens, scan="fast")
-    assert calls == [(2, 6, 32, 8)] * 2
+    assert calls[4:] == [True] * 2
     assert cache["blocks.0.mixer.hook_ssm_state"].shape == (2, 6, 32, 8)
 
 
@@ -218,3 +383,57 @@ def test_cuda_kernels_match_the_reference_scan():
     torch.testing.assert_close(results["cuda"][0], results["reference"][0], rtol=1e-4, atol=1e-4)
     for name, grad in results["reference"][1].items():
         torch.testing.assert_close(results["cuda"][1][name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+needs_compiler = pytest.mark.skipif(
+    compile_error("cpu") is not None, reason="torch.compile cannot build CPU kernels here"
+)
+
+
+@needs_compiler
+@pytest.mark.parametrize("signed", [False, True])
+def test_compiled_scans_equal_reference(signed):
+    """The compiled chunk kernels (chunk 4, L 10: boundaries and a padded last chunk)."""
+    kernels = compiled_kernels()
+    assert_scan_matches_reference(
+        lambda *inputs: selective_scan(*inputs, signed=signed, chunk=4, kernels=kernels), signed
+    )
+    assert_scan_matches_reference(trajectory_readout(signed, 4, kernels), signed)
+
+
+@pytest.mark.slow
+@needs_compiler
+@pytest.mark.parametrize("eigenvalues", ["positive", "signed"])
+def test_compiled_model_agrees_with_reference(eigenvalues):
+    """Logits and all parameter gradients of a whole model, with and without the state
+    hooked (the default chunk of 16 steps)."""
+    model = MambaLM(MambaConfig(**{**CONFIG.__dict__, "eigenvalues": eigenvalues}))
+    for state_hooked in (False, True):
+        assert_backends_agree(model, ("reference", "compiled"), state_hooked)
+
+
+def test_keep_freed_memory_stops_large_blocks_faulting_in_again():
+    """In a fresh interpreter, allocating, touching and freeing a 64 MB tensor faults all
+    its pages in every time by default (glibc mmaps and unmaps it); after
+    keep_freed_memory() the freed block is reused without a fault."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from lab.allocator import keep_freed_memory
+        def faults_of_a_64_mb_tensor():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.ones(16 * 2**20)  # touched, freed at once
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        default = min(faults_of_a_64_mb_tensor() for _ in range(3))
+        assert keep_freed_memory()
+        # the heap grows by a few blocks (fragmentation) before every block is reused
+        kept = max([faults_of_a_64_mb_tensor() for _ in range(16)][-4:])
+        print(default, kept)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    default, kept = map(int, out.stdout.split())
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert default > pages // 2  # every page again
+    assert kept < pages // 100  # the freed block is reused

@@ -18,17 +18,26 @@ and of the model: ``hook_embed``, ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.ho
 (all [batch, L, d_model]). Every hook can be read or patched and what it returns is used
 downstream.
 
-Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rounding:
+Transitions (``MambaConfig.eigenvalues``): "positive" is Mamba-1's a_t = exp(dt_t A) in
+(0, 1); "signed" is a_t = 2 exp(dt_t A) - 1 in (-1, 1) (Grazzi et al. 2024), which lets a
+diagonal SSM flip its state's sign, as parity and other state-tracking tasks need.
+
+Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rounding
+(:mod:`models.mamba.scan`):
   "reference"  the recurrence as a Python loop under autograd (the executable definition)
-  "fast"       CPU training path: a fused selective scan with a hand-written backward that
-               never stores the state trajectory, unless ``hook_ssm_state`` has a hook
-               (``run_with_cache``, ``run_with_hooks``, ``add_hook``); then a sequential
-               scan with its own backward returns the whole trajectory for the hook
+  "fast"       chunked scans with hand-written backward passes, as plain PyTorch: the fused
+               readout y = C . h, which never stores the state trajectory, unless
+               ``hook_ssm_state`` has a hook (``run_with_cache``, ``run_with_hooks``,
+               ``add_hook``); then a scan that returns the whole trajectory for the hook
+  "compiled"   the same chunked scans with their chunk kernels compiled by torch.compile
+               (C++ on CPU, Triton on CUDA; compiled once per shape, seconds each); where
+               torch.compile cannot build kernels it warns (naming the reason) and uses "fast"
   "cuda"       mamba-ssm's ``selective_scan_fn`` (and causal-conv1d's ``causal_conv1d_fn``
-               for the conv when installed); it cannot return the trajectory, so a hooked
-               ``hook_ssm_state`` uses "fast"; without CUDA tensors or an importable
-               mamba-ssm it warns (naming the reason) and uses "fast"
-  "auto"       "cuda" where usable, else "fast" (warns once if on CUDA without mamba-ssm)
+               for the conv when installed); it cannot return the trajectory nor use signed
+               eigenvalues, and needs CUDA tensors and an importable mamba-ssm: otherwise it
+               warns (naming the reason) and uses "compiled" on CUDA, "fast" on CPU
+  "auto"       "cuda" where usable, else "compiled" on CUDA (warning once why not "cuda"),
+               else "fast"
 """
 
 from __future__ import annotations
@@ -45,9 +54,17 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from models.embedding import InputEmbedding
-from models.mamba.scan import fast_scan, fused_selective_scan, reference_scan
+from models.mamba.compiled import compile_error, compiled_kernels
+from models.mamba.scan import (
+    EAGER,
+    EIGENVALUES,
+    readout,
+    reference_scan,
+    selective_scan,
+    transition,
+)
 
-SCANS = ("auto", "reference", "fast", "cuda")
+SCANS = ("auto", "reference", "fast", "compiled", "cuda")
 
 
 @dataclass
@@ -81,16 +98,24 @@ class MambaConfig:
     """Bias in conv1d."""
     bias: bool = False
     """Biases in in_proj and out_proj."""
+    eigenvalues: str = "positive"
+    """Transitions a_t = exp(dt A) in (0, 1) ("positive", Mamba-1) or 2 exp(dt A) - 1 in
+    (-1, 1) ("signed", Grazzi et al. 2024: state tracking such as parity)."""
     scan: str = "auto"
-    """"reference" (step loop, autograd), "fast" (CPU), "cuda" (mamba-ssm kernels), or
-    "auto": cuda on a GPU when mamba-ssm imports, else fast. ``forward(scan=...)`` overrides
-    it per call."""
+    """"reference" (step loop, autograd), "fast" (chunked, plain PyTorch), "compiled" (the
+    same, torch.compile'd), "cuda" (mamba-ssm kernels), or "auto": cuda on a GPU when
+    mamba-ssm imports, compiled on other GPUs, fast on CPU. ``forward(scan=...)``
+    overrides it per call."""
     seed: int | None = 0
     """Seed of the parameter initialisation (None: the global RNG)."""
 
     def __post_init__(self):
         if self.scan not in SCANS:
             raise ValueError(f"unknown scan {self.scan!r}; valid: {list(SCANS)}")
+        if self.eigenvalues not in EIGENVALUES:
+            raise ValueError(
+                f"unknown eigenvalues {self.eigenvalues!r}; valid: {list(EIGENVALUES)}"
+            )
 
     @property
     def d_inner(self) -> int:
@@ -157,16 +182,23 @@ class MambaMixer(nn.Module):
         dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))
         B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)
         A = -torch.exp(self.A_log.float())  # [E, N]
+        signed = c.eigenvalues == "signed"
+        kernels = compiled_kernels() if scan == "compiled" else EAGER
         if scan == "cuda":
             y = _cuda_selective_scan(x, dt, A, B, C, self.D)
-        elif scan == "fast" and not self._state_wanted():
-            y = fused_selective_scan(x, dt, A, B, C) + self.D * x
+        elif scan == "reference":
+            decay = transition(dt, A, signed)[0]  # [batch, L, E, N]
+            states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
+            y = readout(self.hook_ssm_state(states), C) + self.D * x
+        elif not self._state_wanted():
+            y = selective_scan(x, dt, A, B, C, signed, kernels=kernels) + self.D * x
         else:
-            decay = torch.exp(dt[..., None] * A)  # [batch, L, E, N]
-            drive = (dt * x)[..., None] * B[:, :, None, :]
-            states = (reference_scan if scan == "reference" else fast_scan)(decay, drive)
-            states = self.hook_ssm_state(states)
-            y = torch.einsum("blen,bln->ble", states, C) + self.D * x
+            y, states = selective_scan(x, dt, A, B, C, signed, kernels=kernels, with_states=True)
+            version = states._version
+            hooked = self.hook_ssm_state(states)
+            if hooked is not states or hooked._version != version:  # patched: read it out
+                y = readout(hooked, C)
+            y = y + self.D * x
         y = self.hook_ssm_out(y)
         return self.hook_out(self.out_proj(y * gate))
 
@@ -180,23 +212,43 @@ class MambaMixer(nn.Module):
     def _choose_scan(self, scan: str, x: torch.Tensor) -> str:
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; valid: {list(SCANS)}")
-        if scan not in ("auto", "cuda"):
-            return scan
+        if scan in ("auto", "cuda"):
+            reason = self._cuda_unusable(x)
+            if reason is None:
+                return "cuda"
+            if scan == "auto" and not x.is_cuda:
+                return "fast"
+            # an explicit request always warns; "auto" once per reason
+            if scan == "cuda" or reason not in _WARNED:
+                _WARNED.add(reason)
+                fallback = "compiled" if x.is_cuda else "fast"
+                warnings.warn(
+                    f"scan={scan!r}: no CUDA kernels, {reason}; using the {fallback} scan",
+                    stacklevel=4,
+                )
+            scan = "compiled" if x.is_cuda else "fast"
+        if scan == "compiled":
+            error = compile_error(x.device.type)
+            if error is not None:
+                warnings.warn(
+                    f"scan 'compiled': torch.compile cannot build kernels on "
+                    f"{x.device.type} ({error}); using the fast scan",
+                    stacklevel=4,
+                )
+                return "fast"
+        return scan
+
+    def _cuda_unusable(self, x: torch.Tensor) -> str | None:
+        """Why mamba-ssm's kernel cannot run this call (None: it can)."""
         if self._state_wanted():
-            reason = "hook_ssm_state is hooked (the kernel does not return the trajectory)"
-        elif not x.is_cuda:
-            reason = "the model is not on a CUDA device"
-        elif _cuda_kernels("selective_scan_fn") is None:
-            reason = f"mamba-ssm does not import ({_KERNEL_ERRORS['selective_scan_fn']})"
-        else:
-            return "cuda"
-        # an explicit request always warns; "auto" only where CUDA was there to use
-        if scan == "cuda" or (x.is_cuda and reason not in _WARNED):
-            _WARNED.add(reason)
-            warnings.warn(
-                f"scan={scan!r}: no CUDA kernels, {reason}; using the fast scan", stacklevel=4
-            )
-        return "fast"
+            return "hook_ssm_state is hooked (the kernel does not return the trajectory)"
+        if self.cfg.eigenvalues != "positive":
+            return "eigenvalues='signed' (the kernel only computes exp(dt A))"
+        if not x.is_cuda:
+            return "the model is not on a CUDA device"
+        if _cuda_kernels("selective_scan_fn") is None:
+            return f"mamba-ssm does not import ({_KERNEL_ERRORS['selective_scan_fn']})"
+        return None
 
 
 _KERNELS: dict[str, object] = {}

@@ -1,186 +1,197 @@
-"""Selective-scan backends of the Mamba-1 SSM, all computing the same state trajectory
+"""Selective-scan backends of the Mamba-1 SSM. All compute the same recurrence
 
-    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t x_t          h: [batch, d_inner, d_state]
+    h_t = a_t * h_{t-1} + dt_t B_t x_t,      y_t = C_t . h_t        h: [batch, d_inner, d_state]
 
-from decay = exp(dt A) and drive = dt B x, both [batch, pos, d_inner, d_state]. Each
-returns the whole trajectory [batch, pos, d_inner, d_state], so ``hook_ssm_state`` can read
-or patch it and the readout y_t = C_t . h_t stays in ordinary autograd.
+per channel e and state n, with the transition a_t = exp(dt_t A) in (0, 1) (Mamba-1's
+"positive" eigenvalues) or a_t = 2 exp(dt_t A) - 1 in (-1, 1) ("signed": Grazzi et al.
+2024, "Unlocking state-tracking in linear RNNs through negative eigenvalues").
+
+  reference_scan    the recurrence from materialised decay and drive, an autograd loop
+                    (the executable definition)
+  selective_scan    y = C . h from the scan's inputs, never storing the state trajectory
+                    unless asked to return it too (for hook_ssm_state)
+
+selective_scan runs time in chunks of ``chunk`` steps with a hand-written backward pass: only
+the states at chunk starts are kept, states and decays are recomputed chunk by chunk, and the
+state and its gradient are carried across chunk boundaries. Each chunk is one call of a chunk
+kernel: plain tensor code with a few small ops per time step, which runs as it is (``EAGER``)
+or compiled by ``torch.compile`` (:mod:`models.mamba.compiled`), which fuses a whole chunk
+into one loop nest with the state kept in registers. Chunks are slices of the inputs as they
+are, batch-major with the state axis innermost: x, dt [batch, T, E], B, C [batch, T, N],
+A [E, N], states [batch, E, N]; the trajectory is [batch, L, E, N].
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from einops import rearrange
+from torch.autograd.function import once_differentiable
+
+EIGENVALUES = ("positive", "signed")
 
 
-@contextmanager
-def _one_thread():
-    """Run the per-time-step ops on one thread. Each is small (one [batch, E, N] slice),
-    so a second thread gains little, and when other processes share the cores every
-    multi-threaded op can stall for a scheduler time slice waiting for its partner thread:
-    measured 30 us -> 8 ms per op on this project's 2 shared cores."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def transition(dt: torch.Tensor, A: torch.Tensor, signed: bool):
+    """(a, da/d(dt A)) for dt [..., E] and A [E, N], both [..., E, N]: a = exp(dt A), or
+    2 exp(dt A) - 1 when ``signed``."""
+    decay = torch.exp(dt[..., None] * A)
+    return (2 * decay - 1, 2 * decay) if signed else (decay, decay)
 
 
 def reference_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """The recurrence written out step by step; autograd differentiates the loop."""
+    """The recurrence h_t = decay_t * h_{t-1} + drive_t written out step by step, autograd
+    differentiating the loop. decay, drive, result: [batch, L, E, N]."""
     state = torch.zeros_like(drive[:, 0])
     states = []
-    for t in range(drive.shape[1]):
-        state = decay[:, t] * state + drive[:, t]
+    for a, u in zip(decay.unbind(1), drive.unbind(1), strict=True):
+        state = a * state + u
         states.append(state)
     return torch.stack(states, dim=1)
 
 
-class _SequentialScan(torch.autograd.Function):
-    """The same recurrence with a hand-written reverse-time backward.
+# ---- chunk kernels: T steps from the state before the chunk, a few ops per step
 
-    Time is the leading axis of every buffer, so each step is one fused ``addcmul`` on a
-    contiguous slice with no per-step allocation, forward and backward:
-      forward   h_t = a_t * h_{t-1} + u_t
-      backward  g_t = dL/dh_t + a_{t+1} * g_{t+1};  dL/du_t = g_t;  dL/da_t = g_t * h_{t-1}
-    """
 
+def chunk_forward(h, dt, x, B, C, A, signed: bool, states=None):
+    """y = C . h [b, T, E] of one chunk and its last state [b, E, N], from the state h
+    before it; dt, x [b, T, E], B, C [b, T, N]. Writes the chunk's states into ``states``
+    [b, T, E, N] when given."""
+    hs, ys = [], []
+    for t in range(dt.shape[1]):
+        a, _ = transition(dt[:, t], A, signed)
+        h = a * h + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]
+        hs.append(h)
+        ys.append((h * C[:, t, None, :]).sum(-1))
+    if states is not None:
+        states.copy_(torch.stack(hs, 1))
+    return torch.stack(ys, 1), h
+
+
+def chunk_backward(h, g, dt, x, B, C, A, grad_A, signed: bool, grad_y=None, grad_states=None):
+    """Gradients of one chunk of :func:`chunk_forward` (its states recomputed from h), given
+    grad_y [b, T, E] and/or grad_states [b, T, E, N] (None: no gradient), and g [b, E, N]:
+    dL/dh at the chunk's last step through the later steps (a_T g_T).
+
+    The reverse recurrence is g_t = C_t grad_y_t + grad_states_t + a_{t+1} g_{t+1}; returns
+    grad_x, grad_dt [b, T, E], grad_B, grad_C [b, T, N], grad_A plus this chunk's part
+    [b, E, N] (summed over the batch by the caller), and a_0 g_0 for the previous chunk."""
+    length = dt.shape[1]
+    states, steps = [h], []
+    for t in range(length):
+        a, da = transition(dt[:, t], A, signed)
+        states.append(a * states[-1] + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :])
+        steps.append((a, da))
+    grad_x, grad_dt, grad_B, grad_C = ([None] * length for _ in range(4))
+    for t in reversed(range(length)):
+        a, da = steps[t]
+        if grad_y is not None:
+            g = g + C[:, t, None, :] * grad_y[:, t, :, None]
+            grad_C[t] = (states[t + 1] * grad_y[:, t, :, None]).sum(1)
+        if grad_states is not None:
+            g = g + grad_states[:, t]
+        grad_dtx = (g * B[:, t, None, :]).sum(-1)  # dL/d(dt x)_t
+        grad_B[t] = (g * (dt[:, t] * x[:, t])[..., None]).sum(1)
+        grad_decay = g * states[t] * da  # dL/d(dt A)_t
+        grad_dt[t] = (grad_decay * A).sum(-1) + grad_dtx * x[:, t]
+        grad_x[t] = grad_dtx * dt[:, t]
+        grad_A = grad_A + grad_decay * dt[:, t, :, None]
+        g = a * g
+    grad_C = torch.stack(grad_C, 1) if grad_y is not None else torch.zeros_like(C)
+    grad_x, grad_dt, grad_B = (torch.stack(grad, 1) for grad in (grad_x, grad_dt, grad_B))
+    return grad_x, grad_dt, grad_B, grad_C, grad_A, g
+
+
+@dataclass(frozen=True)
+class ChunkKernels:
+    """The chunk kernels a chunked scan calls (as written, or compiled) and the chunk
+    length they run fastest at (at batch 64, d_inner 128, d_state 16 on CPU)."""
+
+    forward: Callable = chunk_forward
+    backward: Callable = chunk_backward
+    chunk: int = 16
+
+
+EAGER = ChunkKernels()
+
+
+# ---- the chunked scan
+
+
+def _chunk(tensor: torch.Tensor, start: int, chunk: int) -> torch.Tensor:
+    """tensor[:, start : start + chunk] as a contiguous copy, zero-padded to ``chunk`` steps
+    past the end (a padded step has dt = 0: a = 1 and no drive, so it leaves the state
+    alone). Copies start at offset 0, so compiled kernels are not recompiled per chunk."""
+    piece = tensor[:, start : start + chunk]
+    if piece.shape[1] < chunk:
+        padding = piece.new_zeros(piece.shape[0], chunk - piece.shape[1], *piece.shape[2:])
+        return torch.cat([piece, padding], 1)
+    return piece.contiguous()
+
+
+class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-        a = rearrange(decay, "b l d n -> l b d n").contiguous()
-        u = rearrange(drive, "b l d n -> l b d n").contiguous()
-        h = torch.empty_like(u)
-        h[0] = u[0]
-        with _one_thread():
-            for t in range(1, u.shape[0]):
-                torch.addcmul(u[t], a[t], h[t - 1], out=h[t])
-        ctx.save_for_backward(a, h)
-        return rearrange(h, "l b d n -> b l d n")
-
-    @staticmethod
-    def backward(ctx, grad_states: torch.Tensor):
-        a, h = ctx.saved_tensors
-        grad_h = rearrange(grad_states, "b l d n -> l b d n").contiguous()
-        g = torch.empty_like(grad_h)
-        g[-1] = grad_h[-1]
-        with _one_thread():
-            for t in range(g.shape[0] - 2, -1, -1):
-                torch.addcmul(grad_h[t], a[t + 1], g[t + 1], out=g[t])
-        grad_decay = torch.zeros_like(g)
-        grad_decay[1:] = g[1:] * h[:-1]
-        return (
-            rearrange(grad_decay, "l b d n -> b l d n"),
-            rearrange(g, "l b d n -> b l d n"),
-        )
-
-
-def fast_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """The CPU training path: same trajectory as :func:`reference_scan`, several times
-    faster forward + backward (see ``make bench``)."""
-    return _SequentialScan.apply(decay, drive)
-
-
-class _FusedSelectiveScan(torch.autograd.Function):
-    """y_t = C_t . h_t with the recurrence above, from the scan's inputs directly.
-
-    x, dt [batch, L, E], A [E, N], B, C [batch, L, N] -> y [batch, L, E] (no D x term).
-    Internally time leads and E is the contiguous axis ([L, batch, N, E]), so every
-    contraction over N or E is a fast reduction or a batched mat-vec. Time runs in chunks
-    of ``chunk`` steps whose [chunk, batch, N, E] work buffers are allocated once and stay
-    in the CPU cache; only the state trajectory is kept for the backward pass (the decays
-    are recomputed chunk by chunk), and the state and its gradient are carried across chunk
-    boundaries. The per-step recurrences run single-threaded (see :func:`_one_thread`).
-    """
-
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk):
-        x_l, dt_l = (rearrange(t, "b l e -> l b e").contiguous() for t in (x, dt))
-        B_l, C_l = (rearrange(t, "b l n -> l b n").contiguous() for t in (B, C))
-        A_t = A.t().contiguous()  # [N, E]
-        length, batch, d_inner = x_l.shape
-        states = x_l.new_empty(length, batch, A_t.shape[0], d_inner)  # [L, b, N, E]
-        y = torch.empty_like(x_l)  # [L, b, E]
-        dtx = dt_l * x_l
-        decay_buf = x_l.new_empty(min(chunk, length), *states.shape[1:])
+    def forward(ctx, x, dt, A, B, C, signed, chunk, kernels, with_states):
+        (batch, length, d_inner), d_state = x.shape, A.shape[1]
+        states = x.new_empty(batch, length, d_inner, d_state) if with_states else None
+        h = x.new_zeros(batch, d_inner, d_state)
+        starts, ys = [], []
         for t0 in range(0, length, chunk):
-            t1 = min(t0 + chunk, length)
-            decay = decay_buf[: t1 - t0]
-            torch.mul(dt_l[t0:t1, :, None, :], A_t, out=decay).exp_()
-            h = states[t0:t1]
-            torch.mul(dtx[t0:t1, :, None, :], B_l[t0:t1, :, :, None], out=h)  # drive
-            with _one_thread():
-                if t0 > 0:
-                    h[0].addcmul_(decay[0], states[t0 - 1])
-                for t in range(1, t1 - t0):
-                    h[t].addcmul_(decay[t], h[t - 1])
-            torch.matmul(C_l[t0:t1, :, None, :], h, out=y[t0:t1, :, None, :])
-        ctx.chunk = chunk
-        ctx.save_for_backward(x_l, dt_l, A_t, B_l, C_l, states)
-        return rearrange(y, "l b e -> b l e")
+            out = None
+            if with_states:  # the last chunk may be padded: written to a buffer first
+                out = states[:, t0 : t0 + chunk] if t0 + chunk <= length else None
+                out = out if out is not None else states.new_empty(batch, chunk, d_inner, d_state)
+            starts.append(h)
+            inputs = (_chunk(t, t0, chunk) for t in (dt, x, B, C))
+            y, h = kernels.forward(h, *inputs, A, signed, out)
+            ys.append(y)
+            if with_states and t0 + chunk > length:
+                states[:, t0:] = out[:, : length - t0]
+        ctx.save_for_backward(x, dt, A, B, C)
+        ctx.starts = starts  # [b, E, N] each: the state before each chunk
+        ctx.signed, ctx.chunk, ctx.kernels = signed, chunk, kernels
+        ctx.set_materialize_grads(False)
+        y = torch.cat(ys, 1)[:, :length]
+        return (y, states) if with_states else y
 
     @staticmethod
-    def backward(ctx, grad_y):
-        x_l, dt_l, A_t, B_l, C_l, states = ctx.saved_tensors
-        gy = rearrange(grad_y, "b l e -> l b e").contiguous()
-        length, chunk = x_l.shape[0], ctx.chunk
-        dtx = dt_l * x_l
-        grad_dtx, grad_dt = torch.empty_like(x_l), torch.empty_like(dt_l)
-        grad_B, grad_C = torch.empty_like(B_l), torch.empty_like(C_l)
-        grad_A_t = torch.zeros_like(A_t)
-        buf_shape = (min(chunk, length), *states.shape[1:])
-        decay_buf, g_buf, tmp_buf = (states.new_empty(buf_shape) for _ in range(3))
-        next_decay, next_g = states.new_empty(buf_shape[1:]), states.new_empty(buf_shape[1:])
-        for t0 in reversed(range(0, length, chunk)):
-            t1 = min(t0 + chunk, length)
-            k = t1 - t0
-            decay, g, tmp = decay_buf[:k], g_buf[:k], tmp_buf[:k]
-            torch.mul(dt_l[t0:t1, :, None, :], A_t, out=decay).exp_()
-            h = states[t0:t1]
-            gy_c = gy[t0:t1, :, None, :]
-            torch.sum(torch.mul(h, gy_c, out=tmp), dim=-1, out=grad_C[t0:t1])
-            torch.mul(C_l[t0:t1, :, :, None], gy_c, out=g)  # dL/dh_t from the readout
-            with _one_thread():
-                if t1 < length:  # the gradient flowing back from the later chunk
-                    g[-1].addcmul_(next_decay, next_g)
-                for t in range(k - 2, -1, -1):
-                    g[t].addcmul_(decay[t + 1], g[t + 1])  # now g_t = dL/d(drive_t)
-            next_decay.copy_(decay[0])
-            next_g.copy_(g[0])
-            torch.matmul(B_l[t0:t1, :, None, :], g, out=grad_dtx[t0:t1, :, None, :])
-            torch.sum(torch.mul(g, dtx[t0:t1, :, None, :], out=tmp), dim=-1, out=grad_B[t0:t1])
-            # dL/d(dt A)_t = g_t * h_{t-1} * decay_t  (h_{-1} = 0)
-            torch.mul(g[1:], h[:-1], out=tmp[1:])
-            if t0 > 0:
-                torch.mul(g[0], states[t0 - 1], out=tmp[0])
-            else:
-                tmp[0].zero_()
-            tmp.mul_(decay)
-            torch.sum(torch.mul(tmp, A_t, out=g), dim=2, out=grad_dt[t0:t1])
-            grad_A_t += tmp.mul_(dt_l[t0:t1, :, None, :]).sum((0, 1))
-        grad_dt.addcmul_(grad_dtx, x_l)
-        grad_x = grad_dtx.mul_(dt_l)
-        return (
-            rearrange(grad_x, "l b e -> b l e"),
-            rearrange(grad_dt, "l b e -> b l e"),
-            grad_A_t.t(),
-            rearrange(grad_B, "l b n -> b l n"),
-            rearrange(grad_C, "l b n -> b l n"),
-            None,
+    @once_differentiable
+    def backward(ctx, grad_y, grad_states=None):
+        x, dt, A, B, C = ctx.saved_tensors
+        chunk, length = ctx.chunk, x.shape[1]
+        g, grad_A = torch.zeros_like(ctx.starts[0]), torch.zeros_like(ctx.starts[0])
+        parts = []
+        for i in reversed(range(len(ctx.starts))):
+            t0 = i * chunk
+            inputs = (_chunk(t, t0, chunk) for t in (dt, x, B, C))
+            grad_outputs = (
+                None if grad is None else _chunk(grad, t0, chunk) for grad in (grad_y, grad_states)
+            )
+            *grads, grad_A, g = ctx.kernels.backward(
+                ctx.starts[i], g, *inputs, A, grad_A, ctx.signed, *grad_outputs
+            )
+            parts.append(grads)
+        grad_x, grad_dt, grad_B, grad_C = (
+            torch.cat(part[::-1], 1)[:, :length] for part in zip(*parts, strict=True)
         )
+        return grad_x, grad_dt, grad_A.sum(0), grad_B, grad_C, None, None, None, None
 
 
-def fused_selective_scan(x, dt, A, B, C, chunk: int | None = None) -> torch.Tensor:
-    """The CPU training path when nothing reads the state trajectory: y = C . h
-    [batch, L, E] (without the D x skip), same values and gradients as the reference.
-    ``chunk`` time steps are processed at a time; by default as many as keep one
-    [chunk, batch, E, N] buffer near 1 MB."""
-    if chunk is None:
-        per_step = x.shape[0] * x.shape[2] * A.shape[1] * x.element_size()
-        chunk = max(1, (1 << 20) // per_step)
-    return _FusedSelectiveScan.apply(x, dt, A, B, C, chunk)
+def selective_scan(
+    x, dt, A, B, C, signed: bool = False, chunk: int | None = None,
+    kernels: ChunkKernels = EAGER, with_states: bool = False,
+):  # fmt: skip
+    """y_t = C_t . h_t [batch, L, E] (without the D x skip) from x, dt [batch, L, E],
+    A [E, N], B, C [batch, L, N], running time in chunks of ``chunk`` steps (default:
+    the kernels' own).
+
+    With ``with_states`` also the state trajectory h [batch, L, E, N], else it is never
+    stored. Gradients flow from y and from the trajectory, which may be modified in place
+    (the backward pass does not read it)."""
+    chunk = chunk or kernels.chunk
+    return _SelectiveScan.apply(x, dt, A, B, C, signed, chunk, kernels, with_states)
+
+
+def readout(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """y[b, l, e] = sum_n states[b, l, e, n] C[b, l, n], as one batched mat-vec."""
+    return (states @ C[..., None]).squeeze(-1)
