@@ -1,6 +1,7 @@
 # cogmap-lab: every stage of the lab is a target. `make help` lists them.
 # Settings: PRESET=smoke|small|full|<configs/NAME.toml>, STUDY=<name>, MODEL="transformer lstm",
-# TASK=<name>, SEED="0 1", ARGS="--set train.steps=100" (reach every stage alike).
+# TASK=<name>, SEED="0 1", ARGS="--set train.steps=100" (reach every stage alike);
+# GRID="train.lr=[1e-3,3e-3]" adds hyper-parameter axes to sweep and paper.
 
 PRESET ?= small
 PYTHON ?= python3.11
@@ -12,11 +13,12 @@ export HF_DATASETS_OFFLINE := 1
 
 SELECT = --preset $(PRESET) $(foreach s,$(STUDY),--study $(s)) $(foreach m,$(MODEL),--model $(m)) \
 	$(foreach t,$(TASK),--task $(t)) $(foreach s,$(SEED),--seed $(s)) $(ARGS)
+GRID_AXES = $(foreach g,$(GRID),--grid $(g))
 STUDIES = $(PY) -m studies
 
 .DEFAULT_GOAL := help
-.PHONY: help install plan train probe census analyze causal tables figures paper test test-slow \
-	test-gpu bench lint clean
+.PHONY: help install plan train probe census analyze causal tables figures paper sweep test \
+	test-slow test-gpu bench lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,8 +52,11 @@ tables: ## Gather every finished run into runs/<experiment>/results/*.csv
 figures: ## Tables, then one paper figure per study (PNG + PDF) in runs/<experiment>/figures/
 	$(STUDIES) figures $(SELECT)
 
-paper: ## Every stage for every selected study: train probe census analyze causal tables figures
-	$(STUDIES) paper $(SELECT)
+paper: ## Every stage for every selected study, runs side by side on Ray (ARGS=--serial: one by one)
+	$(STUDIES) paper $(SELECT) $(GRID_AXES)
+
+sweep: ## The same, at every point of GRID="key=[v1,v2] ..." and the preset's [sweep] grid
+	$(STUDIES) sweep $(SELECT) $(GRID_AXES)
 
 test: ## Fast test suite (CPU, a few minutes)
 	$(PY) -m pytest

@@ -4,11 +4,14 @@
                             [--task NAME ...] [--seed N ...] [--set KEY=VALUE ...]
 
 STAGE is one of ``plan`` (list the runs), ``train``, ``probe``, ``census``, ``analyze``,
-``causal``, ``tables``, ``figures`` (tables, then figures), ``paper`` (all of them) or ``report`` (a
-Markdown results section from the tables; ``--readme`` puts it into README.md). The selection
-flags narrow the preset's runs alike for every stage: ``--model`` matches an arm name
-(``transformer-rope``) or an architecture (``transformer``); ``--task`` selects the studies'
-conditions on that task, or runs the generic ``explore`` study on a task no study uses.
+``causal``, ``tables``, ``figures`` (tables, then figures), ``report`` (a Markdown results
+section from the tables; ``--readme`` puts it into README.md), or ``sweep`` (every stage, one
+Ray task per run, at every point of the ``--grid`` axes and of the preset's ``[sweep]`` table;
+see :mod:`studies.sweep`); ``paper`` is ``sweep``, and with ``--serial`` both run every stage
+in this process instead (for debugging). The selection flags narrow the preset's runs alike
+for every stage: ``--model`` matches an arm name (``transformer-rope``) or an architecture
+(``transformer``); ``--task`` selects the studies' conditions on that task, or runs the
+generic ``explore`` study on a task no study uses.
 User errors print one line (``--debug`` for the traceback).
 """
 
@@ -26,8 +29,8 @@ from lab.config import ConfigError
 from models.checkpoint import CheckpointError
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
-from studies.preset import load_preset
 from studies.report import report, write_report
+from studies.sweep import load_base, load_sweep, sweep
 
 COMMANDS = (
     "plan",
@@ -39,6 +42,7 @@ COMMANDS = (
     "tables",
     "figures",
     "paper",
+    "sweep",
     "report",
 )
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -61,6 +65,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a preset field, e.g. train.steps=100 study.copying.train.steps=50",
     )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=[VALUES]",
+        help="sweep/paper: a hyper-parameter axis, e.g. train.lr=[1e-3,3e-3]",
+    )
+    p.add_argument("--serial", action="store_true", help="sweep/paper: every stage in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--readme", action="store_true", help="report: also update README.md")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -70,8 +82,16 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
     keep_freed_memory()  # large activations are reused, not faulted in again every step
-    preset, raw = load_preset(args.preset, args.set)
     selection = Selection(tuple(args.study), tuple(args.model), tuple(args.task), tuple(args.seed))
+    if args.stage in ("sweep", "paper"):
+        spec = load_sweep(args.preset, args.set, args.grid)
+        outcomes = sweep(spec, selection, serial=args.serial, progress=not args.no_progress)
+        if any(o.status == "failed" for o in outcomes):
+            sys.exit(1)
+        return
+    if args.grid or args.serial:
+        raise ConfigError(f"--grid and --serial are options of sweep and paper, not {args.stage}")
+    preset, raw = load_base(args.preset, args.set)
     selected = plan(preset, raw, selection)
     if not selected:
         raise ConfigError("the selection matches no run of this preset (see `plan`)")
@@ -86,13 +106,9 @@ def run(args: argparse.Namespace) -> None:
         write_report(text, results, README if args.readme else None)
         print(f"wrote {results / 'README.md'}" + (f" and {README}" if args.readme else ""))
         return
-    progress = not args.no_progress
-    stages = STAGE_FUNCTIONS if args.stage == "paper" else {}
     if args.stage in STAGE_FUNCTIONS:
-        stages = {args.stage: STAGE_FUNCTIONS[args.stage]}
-    for stage in stages.values():
-        stage(selected, progress=progress)
-    if args.stage in ("tables", "figures", "paper"):
+        STAGE_FUNCTIONS[args.stage](selected, progress=not args.no_progress)
+    if args.stage in ("tables", "figures"):
         tables = tables_stage(plan(preset, raw), results)
         if args.stage != "tables":
             figures_stage(selected, tables, preset.experiment_dir() / "figures")
