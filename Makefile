@@ -1,6 +1,6 @@
 # cogmap-lab: every stage of the lab is a target. `make help` lists them.
-# Settings: PRESET=smoke|small|<configs/NAME.toml>, MODEL="transformer lstm", TASK=<name>,
-# SEED="0 1", ARGS="--set train.steps=100" (passed to the stage's command line).
+# Settings: PRESET=smoke|small|full|<configs/NAME.toml>, STUDY=<name>, MODEL="transformer lstm",
+# TASK=<name>, SEED="0 1", ARGS="--set train.steps=100" (reach every stage alike).
 
 PRESET ?= small
 PYTHON ?= python3.11
@@ -10,10 +10,13 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-SELECT = $(foreach m,$(MODEL),--model $(m)) $(foreach s,$(SEED),--seed $(s))
+SELECT = --preset $(PRESET) $(foreach s,$(STUDY),--study $(s)) $(foreach m,$(MODEL),--model $(m)) \
+	$(foreach t,$(TASK),--task $(t)) $(foreach s,$(SEED),--seed $(s)) $(ARGS)
+STUDIES = $(PY) -m studies
 
 .DEFAULT_GOAL := help
-.PHONY: help install train probe figures paper test test-slow test-gpu bench lint clean
+.PHONY: help install plan train probe census analyze causal tables figures paper test test-slow \
+	test-gpu bench lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,17 +26,32 @@ install: ## Create .venv and install the lab with its dev extras (EXTRAS=dev,gpu
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 
-train: ## Train the preset's models (resumes runs that exist): PRESET, MODEL, TASK, SEED, ARGS
-	$(PY) -m models.train --preset $(PRESET) --resume $(SELECT) $(if $(TASK),--task $(TASK)) $(ARGS)
+plan: ## List the runs the preset (and STUDY, MODEL, TASK, SEED) asks for
+	$(STUDIES) plan $(SELECT)
 
-probe: ## Cache activations on held-out environments and probe every layer
-	$(PY) -m probes.run --preset $(PRESET) $(SELECT) $(ARGS)
+train: ## Train the selected runs (runs that exist are resumed, finished ones skipped)
+	$(STUDIES) train $(SELECT)
 
-figures: ## Draw the paper figures (PNG + PDF) under runs/<experiment>/figures/
-	$(PY) -m analysis.figures --preset $(PRESET) $(ARGS)
+probe: ## Cache activations on held-out environments; decode every declared target by depth
+	$(STUDIES) probe $(SELECT)
 
-paper: ## train -> probe -> figures on PRESET (small: a few minutes on CPU)
-	$(MAKE) train probe figures PRESET=$(PRESET)
+census: ## Score every unit (place, grid, border, time, ramp, splitter...) against shuffle nulls
+	$(STUDIES) census $(SELECT)
+
+analyze: ## The studies' own analyses (memory agents, RSA against the SR, belief simplex...)
+	$(STUDIES) analyze $(SELECT)
+
+causal: ## Ablate labelled populations (vs random/matched units); steer along probe directions
+	$(STUDIES) causal $(SELECT)
+
+tables: ## Gather every finished run into runs/<experiment>/results/*.csv
+	$(STUDIES) tables $(SELECT)
+
+figures: ## Tables, then one paper figure per study (PNG + PDF) in runs/<experiment>/figures/
+	$(STUDIES) figures $(SELECT)
+
+paper: ## Every stage for every selected study: train probe census analyze causal tables figures
+	$(STUDIES) paper $(SELECT)
 
 test: ## Fast test suite (CPU, a few minutes)
 	$(PY) -m pytest

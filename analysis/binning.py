@@ -60,13 +60,22 @@ def rate_maps(
     maps, occupancy = _binned_means(flat, activity, n_x * n_y)
     maps, occupancy = maps.reshape(-1, n_x, n_y), occupancy.reshape(n_x, n_y)
     if smooth_sigma > 0:
-        visited = occupancy > 0
-        totals = torch.nan_to_num(maps) * occupancy
-        smoothed = _gaussian_smooth(totals, smooth_sigma) / _gaussian_smooth(
-            occupancy[None], smooth_sigma
-        ).clamp(min=1e-12)
-        maps = torch.where(visited, smoothed, torch.nan)
+        maps = smooth_rate_maps(maps, occupancy, smooth_sigma)
     return maps.to(activity.dtype), torch.where(occupancy > 0, occupancy, torch.nan).float()
+
+
+def smooth_rate_maps(maps: torch.Tensor, occupancy: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing (``sigma`` in bins) of rate maps [units, bins_x, bins_y] with
+    occupancy [bins_x, bins_y] (NaN or 0 where unvisited): the summed activity and the
+    occupancy are smoothed separately and then divided, so unvisited bins do not pull
+    visited ones towards zero; unvisited bins stay NaN."""
+    occupancy = torch.nan_to_num(occupancy.double(), nan=0.0)
+    visited = occupancy > 0
+    totals = torch.nan_to_num(maps.double()) * occupancy
+    smoothed = _gaussian_smooth(totals, sigma) / _gaussian_smooth(occupancy[None], sigma).clamp(
+        min=1e-12
+    )
+    return torch.where(visited, smoothed, torch.nan).to(maps.dtype)
 
 
 def node_rate_maps(

@@ -4,6 +4,9 @@ Each null keeps what its score does not test and breaks what it does:
 
 * :func:`shuffle_null`: circular shifts of each unit's whole activity in time (place, grid,
   head-direction cells in continuous recordings);
+* :func:`sequence_shift_null`: circular shifts by whole sequences of independent held-out
+  sequences (the census's null for tuning: periodic task structure such as laps cannot
+  line back up with itself);
 * :func:`segment_shuffle_null`: circular shifts within each trial/segment, each with its
   own shift (time cells: trials of equal length line back up under a global shift);
 * :func:`group_permutation_null`: labels permuted among laps/passes rather than samples
@@ -220,3 +223,45 @@ def group_permutation_null(
 def _check_activity(activity: torch.Tensor) -> None:
     if activity.ndim != 2:
         raise ValueError(f"activity must be [samples, units], got {tuple(activity.shape)}")
+
+
+def sequence_shift_null(
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    activity: torch.Tensor,
+    mask: torch.Tensor,
+    n_shuffles: int = 1000,
+    generator: torch.Generator | None = None,
+    max_elements: int = 2**24,
+) -> ShuffleNull:
+    """Significance of ``metric(activity[mask]) -> [units]`` against circular shifts by
+    whole sequences.
+
+    activity [sequences, pos, units] of independent sequences (each its own environment,
+    start and trial timing), mask [sequences, pos] bool: the tokens scored. Each shuffle
+    pairs every unit's activity with the behaviour of another sequence: token (s, t) gets
+    the unit's activity at (s + k, t) (mod sequences), with one offset k in
+    ``1 .. sequences - 1`` per unit and shuffle. This is the circular time-shift null of the
+    concatenated recording restricted to whole-sequence offsets: it keeps each unit's
+    temporal structure and its dependence on the step index, and cannot line periodic task
+    structure (laps, trials) back up with itself, which shifts by arbitrary offsets do.
+    """
+    if activity.ndim != 3 or mask.shape != activity.shape[:2]:
+        raise ValueError(
+            f"expected activity [sequences, pos, units] and mask [sequences, pos], got "
+            f"{tuple(activity.shape)} and {tuple(mask.shape)}"
+        )
+    n_seq, _, units = activity.shape
+    if n_seq < 2:
+        raise ValueError("a sequence shift needs at least 2 sequences")
+    seq, pos = mask.nonzero(as_tuple=True)  # [n]
+    observed = metric(activity[seq, pos])
+    offsets = torch.randint(1, n_seq, (n_shuffles, units), generator=generator)
+    offsets = offsets.to(activity.device)
+    column = torch.arange(units, device=activity.device)
+    chunk = max(1, max_elements // (len(seq) * units))
+    null = []
+    for block in offsets.split(chunk):  # [c, units]
+        source = (seq[None, :, None] + block[:, None, :]) % n_seq  # [c, n, units]
+        shifted = activity[source, pos[None, :, None], column]  # [c, n, units]
+        null.append(metric(rearrange(shifted, "c n u -> n (c u)")).reshape(len(block), units))
+    return summarise_null(observed, torch.cat(null))

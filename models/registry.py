@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from models.lstm import HookedLSTM, LSTMConfig
@@ -43,6 +44,14 @@ def build_model(name: str, config: Any = None) -> nn.Module:
     if not isinstance(config, config_cls):
         config = model_config(name, config)
     return build(config)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` (moved only if it is not there: the TransformerLens bridge
+    prints a line on every ``.to``)."""
+    if all(p.device == torch.device(device) for p in model.parameters()):
+        return model
+    return model.to(device)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,11 +1,10 @@
 """One training loop for every model and task.
 
-    python -m models.train --preset small --model transformer --seed 0 [--resume]
-        [--task NAME] [--set train.steps=100 --set tasks.graph_nav.width=7 ...]
-
-Writes ``runs/<experiment>/<task>/<model>/seed<k>/``: ``config.json`` (the resolved run
-config), ``checkpoint.safetensors`` (weights, AdamW state, step, RNG), ``metrics.jsonl``
-(one JSON object per log or eval line) and ``summary.json`` at the end.
+``train(run, out_dir)`` trains the resolved run config ``run`` (see :mod:`models.run`) into
+``out_dir``: ``config.json`` (the run config), ``checkpoint.safetensors`` (weights, AdamW
+state, step, RNG), ``metrics.jsonl`` (one JSON object per log or eval line) and
+``summary.json`` at the end (final held-out metrics and curves). The command line is
+``python -m studies train`` (see :mod:`studies.cli`).
 
 Batches are a pure function of (seed, step), so a resumed run sees exactly the data an
 uninterrupted one would: on CPU the final weights are bitwise identical.
@@ -13,65 +12,67 @@ uninterrupted one would: on CPU the final weights are bitwise identical.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from models.budget import fit_to_budget
-from models.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from models.config import Preset, TrainConfig, load_preset
-from models.registry import build_model, count_parameters, model_config
-from tasks import Task, build_task
-
-TRAIN_STREAM, EVAL_STREAM, PROBE_STREAM = 0, 1, 2
-
-
-def generator(seed: int, stream: int, index: int) -> torch.Generator:
-    """The random stream for batch ``index`` of ``stream`` (train / eval / probe) of a seed."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + stream) * 1_000_033 + index)
+from lab.config import require
+from lab.io import atomic_write, read_json, write_json
+from lab.streams import EVAL, TRAIN, generator, resolve_device
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.registry import count_parameters, to_device
+from models.run import build_run
+from tasks import Curve, Task
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@dataclass
+class TrainConfig:
+    """The training budget; every model of a study gets the same one."""
+
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    """Peak learning rate (linear warm-up, then cosine decay to 10%)."""
+    weight_decay: float = 0.01
+    """AdamW decay, applied to parameters with two or more dimensions (not biases or norms)."""
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    log_every: int = 20
+    eval_every: int = 200
+    eval_batches: int = 4
+    """Batches of held-out environments per evaluation (the same ones every time)."""
+    checkpoint_every: int = 200
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu" or "cuda"."""
+
+    def __post_init__(self):
+        for name in (
+            "steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+        ):
+            value = getattr(self, name)
+            require(value >= 1, f"train.{name} must be a whole number >= 1, got {value}")
+        require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
+        resolve_device(self.device)
 
 
-def resolve_run(preset: Preset, model: str, seed: int) -> dict:
-    """The complete config of one run: task and model fields filled in, budget applied."""
-    task = build_task(preset.task, preset.tasks.get(preset.task))
-    fields = dict(preset.model.get(model, {}))
-    fields.update(d_vocab=task.d_vocab_in, d_input=task.d_input, d_vocab_out=task.d_vocab_out)
-    fields["seed"] = seed
-    config = model_config(model, fields)
-    if hasattr(config, "n_ctx"):
-        config = dataclasses.replace(config, n_ctx=task.seq_len)
-    if preset.param_budget:
-        config = fit_to_budget(model, config, preset.param_budget)
-    run = {
-        "experiment": preset.experiment,
-        "task": preset.task,
-        "task_config": dataclasses.asdict(task.config),
-        "model": model,
-        "model_config": dataclasses.asdict(config),
-        "param_budget": preset.param_budget,
-        "seed": seed,
-        "train": dataclasses.asdict(preset.train_for(model)),
-    }
-    return json.loads(json.dumps(run))  # exactly what config.json will hold
-
-
-def build_run(run: dict) -> tuple[Task, torch.nn.Module]:
-    """Task and freshly initialised model of a resolved run config."""
-    return build_task(run["task"], run["task_config"]), build_model(
-        run["model"], run["model_config"]
-    )
+TUNABLE = frozenset({"lr", "weight_decay", "warmup_steps", "grad_clip"})
+"""TrainConfig fields a study may set per model (``[tune.<model>]``): optimiser settings
+only, never the budget (steps, batch size) or the data."""
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -92,14 +93,19 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[str, float | None]:
+def evaluate(
+    model, task: Task, seed: int, config: TrainConfig, device, with_curves: bool = False
+) -> dict[str, float | None] | tuple[dict[str, float | None], dict[str, Curve]]:
     """Loss and task metrics pooled over fixed held-out batches, for the task and each of
-    its :meth:`~tasks.Task.evaluation_tasks` (keys prefixed, e.g. ``long_accuracy``)."""
+    its :meth:`~tasks.Task.evaluation_tasks` (keys prefixed, e.g. ``long_accuracy``); with
+    ``with_curves`` also the task's :meth:`~tasks.Task.curves`, pooled over every batch of
+    every evaluation task (their x axes say which variant a point comes from)."""
     model.eval()
     sums: dict[str, list[float]] = {}
+    curves: dict[str, Curve] = {}
     for prefix, evaluation in task.evaluation_tasks().items():
         for index in range(config.eval_batches):
-            batch = evaluation.sample(config.batch_size, generator(seed, EVAL_STREAM, index))
+            batch = evaluation.sample(config.batch_size, generator(seed, EVAL, index))
             batch = batch.to(device)
             logits = model(batch.inputs)
             results = {"loss": (evaluation.loss(logits, batch).item(), 1)}
@@ -108,9 +114,29 @@ def evaluate(model, task: Task, seed: int, config: TrainConfig, device) -> dict[
                 acc = sums.setdefault(prefix + name, [0.0, 0])
                 acc[0] += total
                 acc[1] += count
+            if with_curves:
+                for name, curve in evaluation.curves(logits, batch).items():
+                    curves[name] = curves[name] + curve if name in curves else curve
     model.train()
     # None (JSON null) where no position of that kind occurred
-    return {name: total / count if count else None for name, (total, count) in sums.items()}
+    metrics = {name: total / count if count else None for name, (total, count) in sums.items()}
+    return (metrics, curves) if with_curves else metrics
+
+
+def curve_rows(curves: dict[str, Curve]) -> list[dict]:
+    """Curves as tidy rows: curve, x, value (sums / counts; None where count is 0), count."""
+    return [
+        {
+            "curve": name,
+            "x": x,
+            "value": total / count if count else None,
+            "count": int(count),
+        }
+        for name, curve in curves.items()
+        for x, total, count in zip(
+            curve.x.tolist(), curve.sums.tolist(), curve.counts.tolist(), strict=True
+        )
+    ]
 
 
 def train(
@@ -131,15 +157,15 @@ def train(
     device = resolve_device(config.device)
     ckpt_path, metrics_path = out_dir / "checkpoint.safetensors", out_dir / "metrics.jsonl"
     task, model = build_run(run)
-    model.to(device)
+    model = to_device(model, device)
     optimizer = make_optimizer(model, config)
-    identity = {"model": run["model"], "task": run["task"], "seed": run["seed"]}
+    identity = {k: run[k] for k in ("study", "condition", "model", "task", "seed")}
 
     start = 0
     if ckpt_path.exists():
         if not resume:
             raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or delete it")
-        saved = json.loads((out_dir / "config.json").read_text())
+        saved = read_json(out_dir / "config.json", "run config")
         if saved != run:
             changed = sorted(k for k in run if saved.get(k) != run[k])
             raise ValueError(
@@ -148,10 +174,10 @@ def train(
             )
         start = load_checkpoint(ckpt_path, model, optimizer, expect_meta=identity)
         if start == config.steps and (out_dir / "summary.json").exists():
-            return json.loads((out_dir / "summary.json").read_text())  # already finished
+            return read_json(out_dir / "summary.json", "run summary")  # already finished
         _truncate_metrics(metrics_path, start)
     else:
-        atomic_write(out_dir / "config.json", lambda p: p.write_text(json.dumps(run, indent=2)))
+        write_json(out_dir / "config.json", run)
         metrics_path.unlink(missing_ok=True)
 
     n_params = count_parameters(model)
@@ -160,14 +186,12 @@ def train(
         range(start, config.steps),
         initial=start,
         total=config.steps,
-        desc=f"{run['model']}/{run['task']}/seed{run['seed']}",
+        desc=f"{run['study']}/{run['condition']}/{run['model']}/seed{run['seed']}",
         disable=not progress,
     )
     running, began, tokens = [], time.perf_counter(), 0
     for step in bar:
-        batch = task.sample(config.batch_size, generator(run["seed"], TRAIN_STREAM, step)).to(
-            device
-        )
+        batch = task.sample(config.batch_size, generator(run["seed"], TRAIN, step)).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = task.loss(model(batch.inputs), batch)
@@ -203,16 +227,19 @@ def train(
             return {}
     log.close()
     elapsed = time.perf_counter() - began
+    final, curves = evaluate(model, task, run["seed"], config, device, with_curves=True)
     summary = {
         **identity,
         "n_params": n_params,
         "steps": config.steps,
         "train_seconds": elapsed,
         "tokens_per_second": tokens / elapsed if elapsed else None,
-        "final": evaluate(model, task, run["seed"], config, device),
+        "final": final,
+        "chance_accuracy": task.chance_accuracy,
+        "curves": curve_rows(curves),
         "device": str(device),
     }
-    atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 
@@ -222,37 +249,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
     atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="small", help="configs/<preset>.toml or a path")
-    parser.add_argument("--model", action="append", help="model(s) to train (default: preset's)")
-    parser.add_argument("--task", help="task to train on (default: preset's)")
-    parser.add_argument("--seed", type=int, action="append", help="seed(s) (default: preset's)")
-    parser.add_argument(
-        "--set",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset field, e.g. train.steps=100",
-    )
-    parser.add_argument("--resume", action="store_true", help="continue existing runs")
-    args = parser.parse_args(argv)
-    torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
-    overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])
-    preset = load_preset(args.preset, overrides)
-    for model in args.model or preset.models:
-        for seed in args.seed or preset.seeds:
-            run = resolve_run(preset, model, seed)
-            summary = train(run, preset.run_dir(model, seed), resume=args.resume)
-            final = ", ".join(f"{k}={v:.3f}" for k, v in summary["final"].items() if v is not None)
-            print(
-                f"{model} seed{seed}: {summary['n_params']} params, "
-                f"{summary['train_seconds']:.0f}s, {final}"
-            )
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from lab.io import replace_dir
 from tasks import Batch, Task
 
 
@@ -28,10 +29,10 @@ def layer_hooks(n_layers: int) -> list[str]:
 @torch.no_grad()
 def model_activations(model, batch: Batch, hooks: list[str]) -> dict[str, torch.Tensor]:
     """Activations of ``hooks`` for one batch: name -> [batch, pos, d] (float32, on CPU)."""
-    _, cache = model.run_with_cache(batch.inputs, names_filter=lambda name: name in hooks)
-    missing = [h for h in hooks if h not in cache]
+    missing = [h for h in hooks if h not in model.hook_dict]
     if missing:
-        raise KeyError(f"model has no hook(s) {missing}")
+        raise KeyError(f"model has no hook(s) {missing}; valid hooks: {sorted(model.hook_dict)}")
+    _, cache = model.run_with_cache(batch.inputs, names_filter=lambda name: name in hooks)
     return {h: cache[h].float().cpu() for h in hooks}
 
 
@@ -62,6 +63,16 @@ class ActivationStore:
         for i in range(self.n_shards):
             yield load_file(self.path / f"shard{i:05d}.safetensors")
 
+    @staticmethod
+    def shard_acts(shard: dict[str, torch.Tensor], hooks: list[str]) -> dict[str, torch.Tensor]:
+        """hook -> [batch, pos, d] of one shard."""
+        return {h: shard[f"act/{h}"] for h in hooks}
+
+    @staticmethod
+    def shard_latents(shard: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """latent name -> [batch, pos, ...] of one shard."""
+        return {k[len("latent/") :]: v for k, v in shard.items() if k.startswith("latent/")}
+
     def load(self, hook: str, latents: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All of one hook ([sequences, pos, d]) and the named latents, concatenated."""
         if hook not in self.hooks:
@@ -83,21 +94,35 @@ def cache_activations(
     progress: bool = True,
 ) -> ActivationStore:
     """Run ``model`` over ``batches`` and write the store to ``out_dir`` (replacing it)."""
+    model.eval()
+    shards = (
+        (model_activations(model, batch.to(device), hooks), batch.latents)
+        for batch in tqdm(batches, desc=f"cache {Path(out_dir).parent.name}", disable=not progress)
+    )
+    return write_store(shards, hooks, out_dir)
+
+
+def write_store(
+    shards: Iterable[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+    hooks: list[str],
+    out_dir: Path,
+) -> ActivationStore:
+    """Write (acts: hook -> [batch, pos, d], latents: name -> [batch, pos, ...]) shards as a
+    store at ``out_dir``: into a temporary directory, the index last, then renamed over
+    whatever was there."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.eval()
     n_shards = n_sequences = 0
     latent_names: list[str] = []
-    for batch in tqdm(batches, desc=f"cache {out_dir.parent.name}", disable=not progress):
-        acts = model_activations(model, batch.to(device), hooks)
-        tensors = {f"act/{k}": v.contiguous() for k, v in acts.items()}
-        tensors.update({f"latent/{k}": v.contiguous() for k, v in batch.latents.items()})
+    for acts, latents in shards:
+        tensors = {f"act/{h}": acts[h].contiguous() for h in hooks}
+        tensors.update({f"latent/{k}": v.contiguous() for k, v in latents.items()})
         save_file(tensors, tmp / f"shard{n_shards:05d}.safetensors")
-        latent_names = sorted(batch.latents)
+        latent_names = sorted(latents)
         n_shards += 1
-        n_sequences += batch.batch_size
+        n_sequences += next(iter(latents.values())).shape[0]
     index = {
         "hooks": hooks,
         "latents": latent_names,
@@ -105,6 +130,5 @@ def cache_activations(
         "n_sequences": n_sequences,
     }
     (tmp / "index.json").write_text(json.dumps(index, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)
     return ActivationStore(out_dir, **index)

@@ -6,15 +6,34 @@ copying, group_word, mess3. ``materialize(task, n, seed)`` caches a task as a
 HuggingFace dataset.
 """
 
-from tasks.base import IGNORE_INDEX, Batch, Task
+from tasks.base import IGNORE_INDEX, Batch, Curve, Task
 from tasks.materialize import dataset_batch, materialize
 from tasks.registry import TASKS, build_task, task_config
+from tasks.targets import (
+    ArenaMaps,
+    GraphMaps,
+    MapSpec,
+    ProbeTarget,
+    RouteMaps,
+    TimeMaps,
+    TrackMaps,
+    TuningMaps,
+)
 
 __all__ = [
     "IGNORE_INDEX",
     "TASKS",
+    "ArenaMaps",
     "Batch",
+    "Curve",
+    "GraphMaps",
+    "MapSpec",
+    "ProbeTarget",
+    "RouteMaps",
     "Task",
+    "TimeMaps",
+    "TrackMaps",
+    "TuningMaps",
     "build_task",
     "dataset_batch",
     "materialize",

@@ -18,7 +18,7 @@ Latents (all [batch, T]):
   2 right arm), route (retrospective: 0 left / 1 right, the arm of the current lap when on
   an arm, else the arm of the lap just completed), next_turn (prospective: the arm that will
   be taken at the next choice point that lies ahead, i.e. from an arm, the next lap's),
-  lap (laps started since the walk began), step.
+  lap (laps started since the walk began), on_stem (segment 0), step.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from tasks.base import Batch, Task
+from tasks.targets import GraphMaps, ProbeTarget, RouteMaps
 
 LEFT, RIGHT = 0, 1
 
@@ -105,9 +106,23 @@ class AlternationTask(Task):
             "route": route[:, :-1],
             "next_turn": turn[:, :-1],
             "lap": lap[:, :-1],
+            "on_stem": segment[:, :-1] == 0,
             "step": torch.arange(c.n_steps).expand(B, -1).clone(),
         }
         return Batch(nodes[:, :-1].clone(), nodes[:, 1:].clone(), latents)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        """Retrospective (route of the last lap) and prospective (next turn) coding on the
+        stem, and position."""
+        return (
+            ProbeTarget("route", "classification", at="on_stem", n_classes=2),
+            ProbeTarget("next_turn", "classification", at="on_stem", n_classes=2),
+            ProbeTarget("pos_xy", "regression", spatial=True),
+        )
+
+    def rate_maps(self) -> tuple[RouteMaps | GraphMaps, ...]:
+        xy = tuple((float(n % 3), float(n // 3)) for n in range(self.n_nodes))
+        return (RouteMaps(self.n_nodes, at="on_stem"), GraphMaps(node_xy=xy))
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:

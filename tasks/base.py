@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from tasks.targets import MapSpec, ProbeTarget
+
 IGNORE_INDEX = -100
 """Target value of positions that are not scored (as in ``F.cross_entropy``)."""
 
@@ -46,19 +48,53 @@ class Batch:
         return self.inputs.shape[1]
 
 
+@dataclass
+class Curve:
+    """A metric as a function of x, pooled exactly over batches: ``sums / counts`` at ``x``.
+
+    x, sums, counts: [points]; points with count 0 are undefined.
+    """
+
+    x: torch.Tensor
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+    def __add__(self, other: Curve) -> Curve:
+        if not torch.equal(self.x, other.x):
+            raise ValueError("curves with different x cannot be pooled")
+        return Curve(self.x, self.sums + other.sums, self.counts + other.counts)
+
+
+def accuracy_by(correct: torch.Tensor, key: torch.Tensor, n_values: int, x=None) -> Curve:
+    """Accuracy at each value ``0..n_values - 1`` of an integer ``key`` (same shape as
+    ``correct``; entries with key < 0 are left out); ``x`` labels the values (default
+    the values themselves)."""
+    keep = key >= 0
+    index = key[keep].long().clamp(max=n_values - 1).cpu()
+    counts = torch.bincount(index, minlength=n_values).double()
+    sums = torch.bincount(index, weights=correct[keep].double().cpu(), minlength=n_values)
+    x = torch.arange(n_values, dtype=torch.float64) if x is None else torch.as_tensor(x)
+    return Curve(x.double(), sums, counts)
+
+
 class Task:
     """Base class of every task.
 
     Subclasses set ``config`` (a dataclass), ``d_vocab_in`` (token vocabulary, or ``None``
     for continuous inputs with ``d_input`` features), ``d_vocab_out`` (number of output
-    logits) and ``seq_len``, and implement :meth:`sample`. The default objective is
-    next-token cross-entropy on ``targets``; tasks with other objectives override
-    :meth:`loss` and :meth:`metrics`.
+    logits) and ``seq_len``, and implement :meth:`sample`, and declare what the probes and
+    the cell census read: :meth:`probe_targets` and :meth:`rate_maps` (a task that does not
+    is refused by :func:`tasks.build_task`). The default objective is next-token
+    cross-entropy on ``targets``; tasks with other objectives override :meth:`loss` and
+    :meth:`metrics`.
     """
 
     name: str
     d_vocab_in: int | None
     d_input: int | None = None
+    chance_accuracy: float | None = None
+    """Accuracy of guessing (drawn in figures as the chance level); None where it does
+    not apply."""
     d_vocab_out: int
     seq_len: int
 
@@ -70,6 +106,19 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Draw ``batch_size`` independent sequences (each in its own environment)."""
         raise NotImplementedError
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        """The latents probes decode, with their kind and the tokens they are read at."""
+        raise NotImplementedError
+
+    def rate_maps(self) -> tuple[MapSpec, ...]:
+        """How activity is binned for the cell census (see :mod:`tasks.targets`)."""
+        raise NotImplementedError
+
+    def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
+        """Accuracy-like curves of one evaluation batch, ``name -> Curve`` (e.g. accuracy by
+        string length); pooled over batches like :meth:`metrics`. None by default."""
+        return {}
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over scored positions. logits: [batch, pos, d_vocab_out]."""

@@ -15,7 +15,8 @@ Train/evaluate on lengths: the training config is e.g. ``max_train_len=L`` (and
 
 Tokens: letters ``0..n_letters-1``, then BOS, SEP, PAD. Outputs: ``n_letters``.
 Latents ([batch, pos]): ``length`` (n of the sequence, at every position), ``copy_pos``
-(i for the position whose target is ``x_i``, 1-based; -1 where not scored).
+(i for the position whose target is ``x_i``, 1-based; -1 where not scored), ``in_copy``
+(the scored positions).
 Metrics: token accuracy, string accuracy (every copied letter of a string right), and
 both split into ``*_in_dist`` (n <= max_train_len) and ``*_longer`` (n > max_train_len).
 """
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import IGNORE_INDEX, Batch, Task
+from tasks.base import IGNORE_INDEX, Batch, Curve, Task, accuracy_by
+from tasks.targets import ProbeTarget, TuningMaps
 
 
 @dataclass
@@ -70,6 +72,7 @@ class CopyingTask(Task):
         self.bos, self.sep, self.pad = c.n_letters, c.n_letters + 1, c.n_letters + 2
         self.d_vocab_in = c.n_letters + 3
         self.d_vocab_out = c.n_letters
+        self.chance_accuracy = 1 / c.n_letters
         self.seq_len = 2 * c.eval_max_len + 2
 
     def evaluation_tasks(self) -> dict[str, Task]:
@@ -102,8 +105,31 @@ class CopyingTask(Task):
         copy_pos = torch.where(scored, pos - n, -1)  # target is x_{copy_pos}
         target = letters.gather(1, (copy_pos - 1).clamp(0, c.max_len - 1))
         targets = torch.where(scored, target, IGNORE_INDEX)
-        latents = {"length": n.expand(-1, P).clone(), "copy_pos": copy_pos}
+        latents = {"length": n.expand(-1, P).clone(), "copy_pos": copy_pos, "in_copy": scored}
         return Batch(inputs, targets, latents)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (
+            ProbeTarget("copy_pos", "regression", at="in_copy"),
+            ProbeTarget("length", "regression", at="in_copy"),
+        )
+
+    def rate_maps(self) -> tuple[TuningMaps, ...]:
+        return (TuningMaps("copy_pos", self.config.eval_max_len + 1, at="in_copy"),)
+
+    @torch.no_grad()
+    def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
+        """token_accuracy_by_length and string_accuracy_by_length: x = string length
+        1..eval_max_len (lengths past max_train_len come from the ``long_`` evaluation)."""
+        scored = batch.targets != IGNORE_INDEX
+        correct = (logits.argmax(-1) == batch.targets) & scored
+        length = batch.latents["length"]
+        n = self.config.eval_max_len + 1
+        string_ok = (correct | ~scored).all(1)
+        return {
+            "token_accuracy_by_length": accuracy_by(correct, torch.where(scored, length, -1), n),
+            "string_accuracy_by_length": accuracy_by(string_ok, length[:, 0], n),
+        }
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:

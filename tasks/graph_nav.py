@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import IGNORE_INDEX, Batch, Task
+from tasks.base import IGNORE_INDEX, Batch, Curve, Task, accuracy_by
+from tasks.targets import GraphMaps, ProbeTarget
 
 ACTION_NAMES = ("north", "east", "south", "west", "stay")
 ACTION_DXY = torch.tensor([[0, 1], [1, 0], [0, -1], [-1, 0], [0, 0]])  # [action, xy]
@@ -48,8 +49,10 @@ HEX_ACTION_DXY = torch.tensor(
 )  # [action, xy] float
 TOPOLOGIES = ("square", "hex")
 LAYOUTS = ("open", "two_rooms")
-FRAC_BINS = 5
-"""Bins of the fraction of nodes visited in :meth:`GraphNavTask.metrics`."""
+FRAC_BINS = 10
+"""Bins of the fraction of nodes visited in :meth:`GraphNavTask.curves`."""
+MAX_LOOP = 32
+"""Loop lengths (steps since the last visit) from this on share the last curve point."""
 
 
 def cell_xy(col: float, row: float, topology: str) -> tuple[float, float]:
@@ -257,6 +260,22 @@ def occurred_before(ids: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(repeat).scatter_(1, order, repeat)
 
 
+def steps_since_last_visit(nodes: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """nodes [batch, T + 1] -> [batch, T]: for the node reached by move t, the number of
+    moves since the walk was last there (the length of the loop the move closes), -1 on a
+    first visit."""
+    batch, length = nodes.shape
+    last = torch.full((batch, n_nodes), -1, dtype=torch.long)
+    rows = torch.arange(batch)
+    last[rows, nodes[:, 0]] = 0
+    gaps = torch.empty(batch, length - 1, dtype=torch.long)
+    for t in range(1, length):
+        before = last[rows, nodes[:, t]]
+        gaps[:, t - 1] = torch.where(before >= 0, t - before, -1)
+        last[rows, nodes[:, t]] = t
+    return gaps
+
+
 def interleave(on_obs: torch.Tensor, on_act: torch.Tensor) -> torch.Tensor:
     """[B, T, ...] twice -> [B, 2T, ...] alternating (obs_0, act_0, obs_1, ...)."""
     return torch.stack([on_obs, on_act], dim=2).flatten(1, 2)
@@ -270,7 +289,9 @@ class GraphNavTask(Task):
       step (walk step t), is_obs (observation token or action token), frac_visited (float:
       distinct nodes seen so far, including the current one, / n_nodes), and, at action
       tokens only (False elsewhere): zero_shot, visited_before (see
-      :func:`link_inference_flags`), both about the node the move arrives at.
+      :func:`link_inference_flags`), both about the node the move arrives at, and
+      loop_length (moves since the arrival node was last visited; -1 on first visits and
+      at observation tokens).
     """
 
     name = "graph_nav"
@@ -283,6 +304,7 @@ class GraphNavTask(Task):
         self.d_vocab_in = c.n_symbols + self.n_actions
         self.d_vocab_out = c.n_symbols
         self.seq_len = 2 * c.n_steps
+        self.chance_accuracy = 1 / c.n_symbols
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         c, g = self.config, self.graph
@@ -291,6 +313,7 @@ class GraphNavTask(Task):
         env_id = torch.randint(2**62, (batch_size,), generator=generator)
         obs = symbols.gather(1, nodes)  # [B, T+1]
         zero_shot, seen = link_inference_flags(nodes, g.n_nodes)
+        loop = steps_since_last_visit(nodes, g.n_nodes)
         # distinct nodes among nodes_0..nodes_t: the start plus every first arrival before t
         n_seen = 1 + torch.cat([torch.zeros(batch_size, 1), (~seen[:, :-1]).float().cumsum(1)], 1)
         frac = n_seen / g.n_nodes  # [B, T]
@@ -310,15 +333,21 @@ class GraphNavTask(Task):
             "frac_visited": interleave(frac, frac),
             "zero_shot": interleave(no, zero_shot),
             "visited_before": interleave(no, seen),
+            "loop_length": interleave(torch.full_like(loop, -1), loop),
         }
         return Batch(inputs, targets, latents)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (ProbeTarget("pos_xy", "regression", at="is_obs", spatial=True),)
+
+    def rate_maps(self) -> tuple[GraphMaps, ...]:
+        xy = tuple(tuple(float(v) for v in row) for row in self.graph.node_xy.tolist())
+        return (GraphMaps(node_xy=xy, at="is_obs"),)
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
         """accuracy (all moves), zero_shot_accuracy (link inference), first_visit_accuracy
-        (new nodes: chance is 1/n_symbols), revisit_accuracy, and zero-shot accuracy by
-        fraction of nodes visited, ``zero_shot_accuracy_visited_<lo>_<hi>`` (percent bins of
-        :data:`FRAC_BINS`), as (sum, count)."""
+        (new nodes: chance is 1/n_symbols) and revisit_accuracy, as (sum, count)."""
         scored = batch.targets != IGNORE_INDEX
         correct = logits.argmax(-1) == batch.targets
         zero_shot, seen = batch.latents["zero_shot"], batch.latents["visited_before"]
@@ -328,47 +357,57 @@ class GraphNavTask(Task):
             "first_visit_accuracy": scored & ~seen,
             "revisit_accuracy": seen,
         }
-        out = {k: ((correct & m).sum().item(), int(m.sum())) for k, m in groups.items()}
-        edges, sums, counts = accuracy_by_frac_visited(correct, batch.latents, FRAC_BINS)
-        pct = [round(100 * e) for e in edges.tolist()]
-        for i in range(FRAC_BINS):
-            key = f"zero_shot_accuracy_visited_{pct[i]:02d}_{pct[i + 1]:02d}"
-            out[key] = (sums[i].item(), int(counts[i]))
-        return out
+        return {k: ((correct & m).sum().item(), int(m.sum())) for k, m in groups.items()}
+
+    @torch.no_grad()
+    def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
+        """Accuracy of each move (the prediction at its action token) against the fraction
+        of nodes visited (Whittington et al. 2020, Fig. 3), for zero-shot moves, revisits
+        and all moves; and zero-shot accuracy against the length of the loop the move
+        closes. See :func:`move_curves`."""
+        correct = (logits.argmax(-1) == batch.targets)[:, 1::2].float()
+        return move_curves(correct, batch.latents)
 
 
-def accuracy_by_frac_visited(
-    correct: torch.Tensor,
-    latents: dict[str, torch.Tensor],
-    n_bins: int = 10,
-    which: str = "zero_shot",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Link-inference accuracy against the fraction of nodes visited (Whittington 2020 Fig. 3).
-
-    correct: [batch, T] bool per move (the prediction made at action token t), or
-             [batch, 2T] per token (then the action tokens, odd positions, are used).
-    latents: the batch latents of :class:`GraphNavTask` ([batch, 2T] each).
-    which:   moves counted: ``"zero_shot"`` (default), ``"visited_before"`` or ``"all"``.
-    Returns ``(edges [n_bins + 1], correct_sum [n_bins], count [n_bins])``; bin ``i`` holds
-    moves made when ``edges[i] <= frac_visited < edges[i + 1]`` (the last bin includes 1).
-    Sums and counts so that batches pool exactly; accuracy = ``correct_sum / count``.
-    """
+def move_curves(correct: torch.Tensor, latents: dict[str, torch.Tensor]) -> dict[str, Curve]:
+    """The curves of :meth:`GraphNavTask.curves` from per-move scores ``correct``
+    [batch, T] (1/0, or an expected accuracy in [0, 1] for the memory agents)."""
     frac = latents["frac_visited"][:, 1::2]
-    if correct.shape[1] == 2 * frac.shape[1]:
-        correct = correct[:, 1::2]
-    if correct.shape != frac.shape:
-        raise ValueError(f"correct has shape {tuple(correct.shape)}; expected {tuple(frac.shape)}")
-    if which == "all":
-        mask = torch.ones_like(correct, dtype=torch.bool)
-    elif which in ("zero_shot", "visited_before"):
-        mask = latents[which][:, 1::2]
+    frac_bin = (frac.float() * FRAC_BINS).long().clamp(0, FRAC_BINS - 1)
+    centres = (torch.arange(FRAC_BINS) + 0.5) / FRAC_BINS
+    zero_shot, seen = latents["zero_shot"][:, 1::2], latents["visited_before"][:, 1::2]
+    out = {}
+    for name, mask in (("zero_shot", zero_shot), ("revisit", seen), ("all", None)):
+        key = frac_bin if mask is None else torch.where(mask, frac_bin, -1)
+        out[f"{name}_accuracy_by_frac_visited"] = accuracy_by(correct, key, FRAC_BINS, centres)
+    loop = latents["loop_length"][:, 1::2].clamp(max=MAX_LOOP)
+    out["zero_shot_accuracy_by_loop_length"] = accuracy_by(
+        correct, torch.where(zero_shot, loop, -1), MAX_LOOP + 1
+    )
+    return out
+
+
+def memory_agent_accuracy(batch: Batch, n_symbols: int, agent: str) -> torch.Tensor:
+    """Expected next-observation accuracy [batch, T] of Whittington et al. (2020)'s memory
+    baselines, which know which node they are on but not the graph's structure:
+
+    * ``"node"``: remembers the symbol of every node it has seen, so predicts every revisit
+      (zero-shot or not) and guesses on first visits: what an agent that has learned the
+      structure perfectly does (the ceiling).
+    * ``"edge"``: remembers the symbol at the end of every directed transition (node,
+      action) it has taken, so predicts only a repeat of a transition it has made; anything
+      else, backtracking and every zero-shot move included, is a guess.
+
+    A guess scores its expectation, 1 / n_symbols.
+    """
+    if agent not in ("node", "edge"):
+        raise ValueError(f"unknown memory agent {agent!r}; valid: 'node', 'edge'")
+    if agent == "node":
+        known = batch.latents["visited_before"][:, 1::2]
     else:
-        raise ValueError(f"which must be 'zero_shot', 'visited_before' or 'all', got {which!r}")
-    edges = torch.linspace(0, 1, n_bins + 1)
-    index = (frac.float() * n_bins).long().clamp(0, n_bins - 1)[mask]
-    counts = torch.bincount(index, minlength=n_bins)
-    sums = torch.bincount(index, weights=correct[mask].float(), minlength=n_bins)
-    return edges, sums, counts
+        node, action = batch.latents["node"][:, 1::2], batch.inputs[:, 1::2]
+        known = occurred_before(node * (int(action.max()) + 1) + action)
+    return torch.where(known, 1.0, 1.0 / n_symbols)
 
 
 @dataclass

@@ -10,6 +10,9 @@ Groups (config ``group``):
   * ``"A5"``: even permutations of ``{0..4}``, indexed in lexicographic order (element 0 is
     the identity); ``S5`` (all 120 permutations) is also available.
   * ``"Z60"``: integers mod 60 under addition (element 0 is the identity).
+  * ``"Z2"``: parity (bits under XOR), the simplest state-tracking problem and the one
+    diagonal SSMs with positive transition eigenvalues cannot solve at all lengths
+    (Grazzi et al. 2024).
 Convention: permutations are tuples ``p`` with ``p[i]`` the image of ``i``; the product
 ``p * q`` is the composition "apply q, then p": ``(p * q)[i] = p[q[i]]``. The running
 product is ``s_t = x_1 * x_2 * ... * x_t`` (left to right), i.e. ``s_t = s_{t-1} * x_t``.
@@ -27,9 +30,11 @@ from functools import lru_cache
 
 import torch
 
-from tasks.base import Batch, Task
+from tasks.base import Batch, Curve, Task, accuracy_by
+from tasks.targets import ProbeTarget, TuningMaps
 
-GROUPS = ("A5", "S5", "Z60")
+GROUPS = ("A5", "S5", "Z60", "Z2")
+CYCLIC = {"Z60": 60, "Z2": 2}
 
 
 def permutation_parity(p: tuple[int, ...]) -> int:
@@ -40,8 +45,8 @@ def permutation_parity(p: tuple[int, ...]) -> int:
 @lru_cache
 def group_elements(group: str) -> tuple:
     """The elements of ``group`` in index order (permutation tuples, or ints for Z60)."""
-    if group == "Z60":
-        return tuple(range(60))
+    if group in CYCLIC:
+        return tuple(range(CYCLIC[group]))
     perms = list(itertools.permutations(range(5)))  # lexicographic: identity first
     if group == "A5":
         perms = [p for p in perms if permutation_parity(p) == 0]
@@ -55,7 +60,7 @@ def multiplication_table(group: str) -> torch.Tensor:
     """[n, n] int64 table: ``table[a, b]`` = index of ``a * b``."""
     elements = group_elements(group)
     n = len(elements)
-    if group == "Z60":
+    if group in CYCLIC:
         a = torch.arange(n)
         return (a[:, None] + a[None, :]) % n
     index = {p: i for i, p in enumerate(elements)}
@@ -66,7 +71,7 @@ def multiplication_table(group: str) -> torch.Tensor:
 @dataclass
 class GroupWordConfig:
     group: str = "A5"
-    """``"A5"``, ``"S5"`` or ``"Z60"``."""
+    """``"A5"``, ``"S5"``, ``"Z60"`` or ``"Z2"`` (parity)."""
     n_steps: int = 32
     """Word length (tokens per sequence)."""
 
@@ -87,6 +92,7 @@ class GroupWordTask(Task):
         self.table = multiplication_table(self.config.group)
         self.n_elements = self.table.shape[0]
         self.d_vocab_in = self.d_vocab_out = self.n_elements
+        self.chance_accuracy = 1 / self.n_elements
         self.seq_len = self.config.n_steps
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
@@ -99,6 +105,19 @@ class GroupWordTask(Task):
             states[:, t] = s
         latents = {"state": states, "step": torch.arange(T).expand(batch_size, -1).clone()}
         return Batch(x, states.clone(), latents)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (ProbeTarget("state", "classification", n_classes=self.n_elements),)
+
+    def rate_maps(self) -> tuple[TuningMaps, ...]:
+        return (TuningMaps("state", self.n_elements),)
+
+    @torch.no_grad()
+    def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
+        """accuracy_by_length: accuracy of the running product after t = 1..T elements."""
+        correct = logits.argmax(-1) == batch.targets
+        length = batch.latents["step"] + 1
+        return {"accuracy_by_length": accuracy_by(correct, length, self.config.n_steps + 1)}
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:

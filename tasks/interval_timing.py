@@ -18,7 +18,8 @@ Latents ([batch, T]):
   t_since_cue (steps since the last cue, 0 at the cue; -1 before the first cue),
   delay_length (of the current trial, set from its cue onwards; -1 before the first cue),
   phase (0 pre-cue / inter-trial interval, 1 cue and delay, 2 response step),
-  trial (index of the current trial; -1 before the first cue).
+  trial (index of the current trial; -1 before the first cue),
+  in_trial (cue, delay and response steps: phase >= 1).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import Batch, Task
+from tasks.base import Batch, Curve, Task, accuracy_by
+from tasks.targets import ProbeTarget, TimeMaps
 
 BLANK, WAIT, RESPOND = 0, 0, 1
 ITI, DELAY, RESPONSE = 0, 1, 2
@@ -112,7 +114,31 @@ class IntervalTimingTask(Task):
                 responding, next_iti, torch.where(in_iti, countdown - 1, countdown)
             )
         targets = (lat["phase"] == RESPONSE).long()
+        lat["in_trial"] = lat["phase"] > ITI
         return Batch(inputs, targets, lat)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (
+            ProbeTarget("t_since_cue", "regression", at="in_trial"),
+            ProbeTarget("phase", "classification", n_classes=3),
+        )
+
+    def rate_maps(self) -> tuple[TimeMaps, ...]:
+        return (TimeMaps(n_bins=self.config.delay_max + 1, at="in_trial"),)
+
+    @torch.no_grad()
+    def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
+        """respond_rate_by_time: how often the model responds at each time since the cue,
+        within trials (its response-time distribution pooled over delays);
+        hit_rate_by_delay: responses on time by the trial's delay."""
+        lat, respond = batch.latents, (logits.argmax(-1) == RESPOND).float()
+        n = self.config.delay_max + 1
+        in_trial = torch.where(lat["in_trial"], lat["t_since_cue"], -1)
+        response = torch.where(lat["phase"] == RESPONSE, lat["delay_length"], -1)
+        return {
+            "respond_rate_by_time": accuracy_by(respond, in_trial, n),
+            "hit_rate_by_delay": accuracy_by(respond, response, n),
+        }
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:

@@ -19,7 +19,12 @@ predicted at every token, so the model must learn the walk's statistics (the pol
 Latents (per token, [batch, pos]): ``pos`` (int position), ``pos_xy`` [.., 2] float
 (always ``(pos, 0)``, also on circular tracks, so rate maps bin positions directly),
 ``direction`` (heading, +1/-1, of the
-move made from this position), ``node``, ``env_id``, ``step``, ``is_obs``.
+move made from this position), ``travel`` (the same as a class: 0 for +1, 1 for -1),
+``node``, ``env_id``, ``step``, ``is_obs``, ``visited_before`` (at scored tokens: the
+position reached next was seen before).
+
+:meth:`LinearTrackTask.transition_matrix` is the walk's exact Markov chain over
+(position, heading) states, from which the successor representation follows analytically.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from tasks.base import IGNORE_INDEX, Batch, Task
-from tasks.graph_nav import interleave
+from tasks.graph_nav import interleave, occurred_before
+from tasks.targets import ProbeTarget, TrackMaps
 
 MOVES = torch.tensor([1, -1, 0])  # action -> displacement
 
@@ -105,6 +111,7 @@ class LinearTrackTask(Task):
         self.n_actions = 3
         self.d_vocab_in = c.n_symbols + (self.n_actions if c.show_actions else 0)
         self.d_vocab_out = c.n_symbols
+        self.chance_accuracy = 1 / c.n_symbols
         self.seq_len = (2 if c.show_actions else 1) * c.n_steps
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
@@ -114,8 +121,15 @@ class LinearTrackTask(Task):
         env_id = torch.randint(2**62, (batch_size,), generator=generator)
         obs = symbols.gather(1, positions)  # [B, T+1]
         here = positions[:, :-1]
+        seen = occurred_before(positions)[:, 1:]  # the target position was seen before
         steps = torch.arange(c.n_steps).expand(batch_size, -1)
-        per_step = {"pos": here, "node": here, "direction": headings, "step": steps}
+        per_step = {
+            "pos": here,
+            "node": here,
+            "direction": headings,
+            "travel": (headings < 0).long(),
+            "step": steps,
+        }
         if c.show_actions:
             inputs = interleave(obs[:, :-1], c.n_symbols + actions)
             targets = interleave(torch.full_like(actions, IGNORE_INDEX), obs[:, 1:])
@@ -123,12 +137,57 @@ class LinearTrackTask(Task):
             latents["is_obs"] = interleave(
                 torch.ones_like(here, dtype=torch.bool), torch.zeros_like(here, dtype=torch.bool)
             )
+            latents["visited_before"] = interleave(torch.zeros_like(seen), seen)
         else:
             inputs, targets = obs[:, :-1], obs[:, 1:]
             latents = dict(per_step)
+            latents["visited_before"] = seen
             latents["is_obs"] = torch.ones_like(here, dtype=torch.bool)
         latents["pos_xy"] = torch.stack(
             [latents["pos"].float(), torch.zeros(latents["pos"].shape)], -1
         )
         latents["env_id"] = env_id[:, None].expand(-1, self.seq_len).clone()
         return Batch(inputs, targets, latents)
+
+    @torch.no_grad()
+    def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+        """accuracy, revisit_accuracy (the next position was seen before, so its symbol is
+        known) and first_visit_accuracy (chance: 1 / n_symbols), as (sum, count)."""
+        scored = batch.targets != IGNORE_INDEX
+        correct = logits.argmax(-1) == batch.targets
+        seen = batch.latents["visited_before"] & scored
+        groups = {
+            "accuracy": scored,
+            "revisit_accuracy": seen,
+            "first_visit_accuracy": scored & ~seen,
+        }
+        return {k: ((correct & m).sum().item(), int(m.sum())) for k, m in groups.items()}
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (
+            ProbeTarget("pos", "regression", at="is_obs", spatial=True),
+            ProbeTarget("travel", "classification", at="is_obs", n_classes=2),
+        )
+
+    def rate_maps(self) -> tuple[TrackMaps, ...]:
+        return (TrackMaps(self.config.n_positions, at="is_obs"),)
+
+    def transition_matrix(self) -> torch.Tensor:
+        """[2 n, 2 n] float64 row-stochastic transitions between the states (position p,
+        heading h) of :func:`directed_walk`, state index ``2 p + (h < 0)``, where h is the
+        heading of the move made from p (after turning at an end of an open track)."""
+        c, n = self.config, self.config.n_positions
+        T = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
+        p_stay = 1 - c.p_forward - c.p_backward
+        for p in range(n):
+            for h in (1, -1):
+                for rel, prob in ((1, c.p_forward), (-1, c.p_backward), (0, p_stay)):
+                    new = p + rel * h
+                    if c.circular:
+                        new %= n
+                    elif not 0 <= new < n:
+                        new = p  # a backward step into the end: stay
+                    turn = not c.circular and ((new == n - 1 and h == 1) or (new == 0 and h == -1))
+                    h_next = -h if turn else h
+                    T[2 * p + (h < 0), 2 * new + (h_next < 0)] += prob
+        return T

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from tasks.base import Batch, Task
+from tasks.targets import ProbeTarget, TuningMaps
 
 
 def mess3_matrices(x: float, alpha: float) -> torch.Tensor:
@@ -108,6 +109,15 @@ class Mess3Task(Task):
             "step": torch.arange(n).expand(B, -1).clone(),
         }
         return Batch(tokens[:, :-1].clone(), tokens[:, 1:].clone(), latents)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (
+            ProbeTarget("belief", "regression"),
+            ProbeTarget("hidden_state", "classification", n_classes=3),
+        )
+
+    def rate_maps(self) -> tuple[TuningMaps, ...]:
+        return (TuningMaps("hidden_state", 3),)
 
     def forward_filter(self, tokens: torch.Tensor) -> torch.Tensor:
         """Beliefs [B, T, 3] (float64) after each token of ``tokens`` [B, T]."""

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from tasks.base import Batch, Task
+from tasks.targets import ArenaMaps, ProbeTarget
 
 READOUTS = ("dos", "gaussian", "cartesian")
 
@@ -79,6 +80,8 @@ class PathIntegrationConfig:
     """Seed of the place-cell centres (fixed per task, shared by all batches)."""
     decode_top_k: int = 3
     """Cells averaged to decode position from the predicted population."""
+    map_bins: int = 20
+    """Bins per side of the census's rate maps."""
 
     def __post_init__(self):
         if self.readout not in READOUTS:
@@ -93,6 +96,8 @@ class PathIntegrationConfig:
             )
         if self.n_steps < 1 or self.n_place_cells < 1 or self.box_size <= 0 or self.dt <= 0:
             raise ValueError("n_steps, n_place_cells, box_size and dt must be positive")
+        if self.map_bins < 4:
+            raise ValueError(f"map_bins must be at least 4, got {self.map_bins}")
 
 
 def smooth_trajectories(config: PathIntegrationConfig, batch: int, generator: torch.Generator):
@@ -201,6 +206,16 @@ class PathIntegrationTask(Task):
             "step": torch.arange(c.n_steps).expand(batch_size, -1).clone(),
         }
         return Batch(inputs, self.readout(positions[:, 1:]), latents)
+
+    def probe_targets(self) -> tuple[ProbeTarget, ...]:
+        return (
+            ProbeTarget("pos_xy", "regression", spatial=True),
+            ProbeTarget("heading", "circular"),
+        )
+
+    def rate_maps(self) -> tuple[ArenaMaps, ...]:
+        half = self.config.box_size / 2
+        return (ArenaMaps(extent=((-half, half), (-half, half)), bins=self.config.map_bins),)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.config.readout == "cartesian":

@@ -1,7 +1,8 @@
 """Task registry: build any task by name from a config dict or dataclass.
 
 Each entry maps a snake_case name to ``(ConfigDataclass, TaskClass)``. To add a task:
-write the config dataclass and a :class:`tasks.base.Task` subclass, and add one line here.
+write the config dataclass and a :class:`tasks.base.Task` subclass that declares its probe
+targets and rate maps, and add one line here.
 """
 
 from __future__ import annotations
@@ -54,7 +55,28 @@ def build_task(name: str, config: Any = None) -> Task:
         if dataclasses.is_dataclass(config):
             config = dataclasses.asdict(config)
         config = make_config(config_cls, config, f"task {name!r}")
-    return task_cls(config)
+    task = task_cls(config)
+    check_declarations(name, task)
+    return task
+
+
+def check_declarations(name: str, task: Task) -> None:
+    """A task must say what probes decode and how the census bins its activity."""
+    missing = []
+    for method in ("probe_targets", "rate_maps"):
+        try:
+            declared = getattr(task, method)()
+        except NotImplementedError:
+            missing.append(method)
+            continue
+        if not isinstance(declared, tuple):
+            raise TypeError(f"task {name!r}: {method}() must return a tuple, got {declared!r}")
+    if missing:
+        raise TypeError(
+            f"task {name!r} declares no {' and no '.join(missing)}: implement "
+            f"{', '.join(f'{type(task).__name__}.{m}()' for m in missing)} "
+            "(see tasks/targets.py; return () if there is nothing to declare)"
+        )
 
 
 def _lookup(name: str):

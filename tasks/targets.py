@@ -53,3 +53,81 @@ class ProbeTarget:
     def name(self) -> str:
         """Key of the target in results tables: the latent, with ``@at`` when filtered."""
         return self.latent if self.at is None else f"{self.latent}@{self.at}"
+
+
+# ----------------------------------------------------------------------------- rate maps
+# How a task's activity is binned for the cell census. Each kind names the latents it bins
+# over; ``at`` (a boolean latent) selects the tokens used (None: every token).
+
+
+@dataclass(frozen=True)
+class ArenaMaps:
+    """2-D rate maps over a continuous position latent [.., 2] in a rectangular arena:
+    Skaggs information, place fields, gridness (60/90 degrees), border score."""
+
+    latent: str = "pos_xy"
+    extent: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 1.0), (0.0, 1.0))
+    bins: int = 20
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class GraphMaps:
+    """Rate maps over the nodes of a graph (``node`` latent) whose nodes sit at ``node_xy``
+    ([n_nodes, 2] as nested tuples). Information is computed over nodes; place fields,
+    gridness and border scores on a raster image of the graph in which every bin takes the
+    node nearest to it (so a hexagonal graph is drawn as hexagons, not as an offset grid)."""
+
+    node_xy: tuple[tuple[float, float], ...]
+    latent: str = "node"
+    at: str | None = None
+    raster_per_unit: float = 2.0
+    """Raster bins per unit of length (edges have length 1)."""
+
+
+@dataclass(frozen=True)
+class TrackMaps:
+    """1-D rate maps over an integer track position, separately for each direction of
+    travel (``direction`` latent, +1 / -1): information and field skewness per direction."""
+
+    n_positions: int
+    latent: str = "pos"
+    direction: str = "direction"
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class TimeMaps:
+    """Tuning to time since a cue within trials (``trial`` latent: one id per trial, -1 for
+    none): time fields (peak, width, temporal information) and ramping, with a null that
+    shifts activity within each trial."""
+
+    n_bins: int
+    latent: str = "t_since_cue"
+    trial: str = "trial"
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteMaps:
+    """Splitter cells: activity at shared positions (``latent``, ints < ``n_positions``)
+    split by ``route`` (0/1), with route labels permuted among passes (``group``)."""
+
+    n_positions: int
+    latent: str = "node"
+    route: str = "route"
+    group: str = "lap"
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class TuningMaps:
+    """Tuning to a discrete latent with ``n_values`` values (ints ``0..n_values - 1``):
+    information and variance explained, against a circular-shift null."""
+
+    latent: str
+    n_values: int
+    at: str | None = None
+
+
+MapSpec = ArenaMaps | GraphMaps | TrackMaps | TimeMaps | RouteMaps | TuningMaps

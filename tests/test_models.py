@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from models import build_model, count_parameters, fit_to_budget, model_config
+from models import MODELS, build_model, count_parameters, fit_to_budget, model_config
 from models.lstm import HookedLSTM, LSTMConfig
 
 TOKEN_FIELDS = {"d_vocab": 12, "d_vocab_out": 8, "n_layers": 2}
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_residual_hooks_have_the_documented_names_and_shapes(name):
     model = build_model(name, {**TOKEN_FIELDS, "d_model": 16})
     tokens = torch.randint(0, 12, (3, 10))
@@ -18,7 +18,7 @@ def test_residual_hooks_have_the_documented_names_and_shapes(name):
             assert cache[hook].shape == (3, 10, 16), hook
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_patching_a_layer_output_changes_the_prediction(name):
     model = build_model(name, {**TOKEN_FIELDS, "d_model": 16})
     tokens = torch.randint(0, 12, (2, 6))
@@ -47,7 +47,7 @@ def test_lstm_cell_hook_runs_the_same_network_step_by_step():
     assert (h.abs() <= c.tanh().abs() + 1e-6).all()
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_continuous_inputs_go_through_a_trained_projection(name):
     model = build_model(name, {"d_input": 3, "d_vocab_out": 4, "d_model": 16, "n_layers": 1})
     assert any("W_in" in key for key in model.state_dict())
@@ -58,7 +58,7 @@ def test_continuous_inputs_go_through_a_trained_projection(name):
         model(torch.randn(2, 5, 4))
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_fit_to_budget_lands_within_ten_percent(name):
     config = model_config(name, TOKEN_FIELDS)
     for budget in (20_000, 80_000):
@@ -72,9 +72,17 @@ def test_impossible_budget_is_an_error():
         fit_to_budget("transformer", model_config("transformer", TOKEN_FIELDS), 50)
 
 
-def test_same_seed_same_weights():
-    a = build_model("transformer", {**TOKEN_FIELDS, "seed": 3}).state_dict()
-    b = build_model("transformer", {**TOKEN_FIELDS, "seed": 3}).state_dict()
-    c = build_model("transformer", {**TOKEN_FIELDS, "seed": 4}).state_dict()
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_same_seed_same_weights(name):
+    a = build_model(name, {**TOKEN_FIELDS, "seed": 3}).state_dict()
+    b = build_model(name, {**TOKEN_FIELDS, "seed": 3}).state_dict()
+    c = build_model(name, {**TOKEN_FIELDS, "seed": 4}).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_budget_fits_the_mlp_width_where_width_steps_are_too_coarse():
+    config = model_config("transformer", {**TOKEN_FIELDS, "n_heads": 4, "positional": "rope"})
+    sized = fit_to_budget("transformer", config, 24_000)  # d_model moves in steps of 8
+    assert abs(count_parameters(build_model("transformer", sized)) - 24_000) <= 2_400
+    assert sized.d_model % 8 == 0 and sized.d_mlp != 4 * sized.d_model

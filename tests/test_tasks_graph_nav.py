@@ -10,8 +10,9 @@ from tasks.graph_nav import (
     GraphNavTask,
     HexGrid,
     SquareGrid,
-    accuracy_by_frac_visited,
     link_inference_flags,
+    memory_agent_accuracy,
+    move_curves,
 )
 
 
@@ -134,20 +135,54 @@ def test_frac_visited_and_accuracy_by_fraction_visited():
         for t in range(nodes.shape[1]):
             expect = len(set(nodes[b, : t + 1].tolist())) / task.graph.n_nodes
             assert batch.latents["frac_visited"][b, 2 * t].item() == pytest.approx(expect)
-    correct = torch.rand(nodes.shape, generator=torch.Generator().manual_seed(0)) < 0.5
-    edges, sums, counts = accuracy_by_frac_visited(correct, batch.latents, n_bins=4)
+    correct = (torch.rand(nodes.shape, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    curve = move_curves(correct, batch.latents)["zero_shot_accuracy_by_frac_visited"]
     frac = batch.latents["frac_visited"][:, 1::2]
     zs = batch.latents["zero_shot"][:, 1::2]
-    for i in range(4):
-        lo, hi = edges[i].item(), edges[i + 1].item()
-        m = zs & (frac >= lo) & ((frac < hi) if i < 3 else (frac <= hi))
-        assert counts[i] == m.sum() and sums[i] == correct[m].sum()
-    # the metrics report the same bins, pooled as (sum, count)
+    n = len(curve.x)
+    for i in range(n):
+        lo, hi = i / n, (i + 1) / n
+        m = zs & (frac >= lo) & ((frac < hi) if i < n - 1 else (frac <= hi))
+        assert curve.counts[i] == m.sum() and curve.sums[i] == correct[m].sum()
+    # the curves pool every zero-shot move once, with the metrics' totals
     logits = torch.randn(*batch.inputs.shape, task.d_vocab_out)
-    metrics = task.metrics(logits, batch)
-    binned = [v for k, v in metrics.items() if k.startswith("zero_shot_accuracy_visited_")]
-    assert sum(c for _, c in binned) == metrics["zero_shot_accuracy"][1]
-    assert sum(s for s, _ in binned) == metrics["zero_shot_accuracy"][0]
+    metrics, curves = task.metrics(logits, batch), task.curves(logits, batch)
+    by_frac = curves["zero_shot_accuracy_by_frac_visited"]
+    assert by_frac.counts.sum() == metrics["zero_shot_accuracy"][1]
+    assert by_frac.sums.sum() == metrics["zero_shot_accuracy"][0]
+    assert curves["all_accuracy_by_frac_visited"].counts.sum() == metrics["accuracy"][1]
+    by_loop = curves["zero_shot_accuracy_by_loop_length"]
+    assert by_loop.counts.sum() == metrics["zero_shot_accuracy"][1]
+
+
+def test_loop_length_counts_moves_since_the_last_visit():
+    task, batch = sample(batch=6)
+    nodes = batch.latents["node"][:, 0::2]
+    loop = batch.latents["loop_length"][:, 1::2]
+    for b in range(6):
+        walk = nodes[b].tolist()
+        for t in range(len(walk) - 1):
+            earlier = [i for i in range(t + 1) if walk[i] == walk[t + 1]]
+            assert loop[b, t].item() == (t + 1 - earlier[-1] if earlier else -1)
+    assert (loop[batch.latents["zero_shot"][:, 1::2]] >= 2).all()  # a loop needs 2+ moves
+
+
+def test_memory_agents_bracket_link_inference():
+    task, batch = sample(batch=32)
+    chance = 1 / task.config.n_symbols
+    node = memory_agent_accuracy(batch, task.config.n_symbols, "node")
+    edge = memory_agent_accuracy(batch, task.config.n_symbols, "edge")
+    zero_shot = batch.latents["zero_shot"][:, 1::2]
+    assert (node[zero_shot] == 1).all() and (edge[zero_shot] == chance).all()
+    assert (edge <= node).all()
+    # the edge agent knows exactly the repeated directed transitions (brute force)
+    nodes, actions = batch.latents["node"][:, 1::2], batch.inputs[:, 1::2]
+    for b in range(4):
+        pairs = list(zip(nodes[b].tolist(), actions[b].tolist(), strict=True))
+        expect = [1.0 if pairs[t] in pairs[:t] else chance for t in range(len(pairs))]
+        assert edge[b].tolist() == pytest.approx(expect)
+    with pytest.raises(ValueError, match="valid: 'node', 'edge'"):
+        memory_agent_accuracy(batch, 8, "path")
 
 
 def test_walls_from_json_lists_and_bad_topology():
