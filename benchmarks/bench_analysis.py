@@ -11,10 +11,13 @@ thing, every contender timed in interleaved rounds in one process (benchmarks/ha
 3. Rate maps of 2^20 samples x 512 units (2.1 GB of float32; 32 x 32 bins): ``rate_maps``
    against, per unit, ``np.bincount`` with the bin indices computed once (the fair NumPy
    baseline), ``np.histogram2d``, and RatInABox's ``utils.bin_data_for_histogramming``
-   (what ``Neurons.plot_rate_map(method="history")`` calls), on a subset of units. A plain
+   (what ``Neurons.plot_rate_map(method="history")`` calls; left out, with a message, when
+   the ``bench`` extra is not installed), on a subset of units. A plain
    reduction (``sum``) of the same matrix, in the same rounds, measures the memory read
    bandwidth; rate maps report the fraction of it they reach.
-4. Nulls: units x shuffles per second, each with the metric it is made for.
+4. Nulls: units x shuffles per second, each with the metric it is made for; and the gather
+   of ``shuffle_null`` (contiguous per-unit repeats) against the strided gather it replaced,
+   with a metric that only reads the shifted activity (the nulls must come out identical).
 
 Every contender prints median [min, max] seconds over the rounds, throughput, and the
 median of its per-round ratios to the baseline.
@@ -23,12 +26,14 @@ median of its per-round ratios to the baseline.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
@@ -78,6 +83,27 @@ def _band(n: int) -> torch.Tensor:
     lag = torch.arange(-(n - 1), n)[:, None]
     p = torch.arange(n)[None, :]
     return ((p + lag >= 0) & (p + lag < n)).double()
+
+
+def strided_shuffle_null(metric, activity, n_shuffles, generator, max_elements=2**24):
+    """The null of ``shuffle_null`` as it was computed before contiguous repeats (the code
+    of analysis/spatial.py at 88bb258): windows of the time-major activity repeated twice,
+    gathered with a stride of ``units`` between consecutive samples. Returns [n_shuffles,
+    units]."""
+    samples, units = activity.shape
+    min_shift = samples // 20
+    shifts = torch.randint(
+        min_shift, samples - min_shift + 1, (n_shuffles, units), generator=generator
+    )
+    doubled = rearrange(torch.cat([activity, activity]), "t u -> u t")  # a strided view
+    windows = doubled.unfold(1, samples, 1)  # [units, samples + 1, samples]
+    column = torch.arange(units)
+    chunk = max(1, max_elements // (samples * units))
+    null = []
+    for block in shifts.split(chunk):  # [chunk, units]
+        shifted = rearrange(windows[column, samples - block], "c u t -> t (c u)")
+        null.append(metric(shifted).reshape(len(block), units))
+    return torch.cat(null)
 
 
 def bench_grid_scores(args, g):
@@ -156,23 +182,22 @@ def bench_rate_maps(args, g):
                 norm_by_bincount=True,
             )
 
-    timings = interleaved(
-        {
-            "rate_maps (all units)": lambda: rate_maps(pos, activity, bins, extent),
-            "np.bincount per unit": bincount_per_unit,
-            "np.histogram2d per unit": histogram2d_per_unit,
-            "RatInABox per unit": ratinabox_per_unit,
-            "sum (memory bandwidth)": lambda: activity.sum(),
-        },
-        rounds=args.rounds,
-    )
-    subset = args.reference_units
-    work = {
-        "rate_maps (all units)": units,
-        "np.bincount per unit": subset,
-        "np.histogram2d per unit": subset,
-        "RatInABox per unit": subset,
+    contenders = {
+        "rate_maps (all units)": lambda: rate_maps(pos, activity, bins, extent),
+        "np.bincount per unit": bincount_per_unit,
+        "np.histogram2d per unit": histogram2d_per_unit,
+        "RatInABox per unit": ratinabox_per_unit,
+        "sum (memory bandwidth)": lambda: activity.sum(),
     }
+    if importlib.util.find_spec("ratinabox") is None:
+        print("  RatInABox is not installed (pip install -e '.[bench]'): its rate maps left out")
+        del contenders["RatInABox per unit"]
+    # Two warm-up rounds: the first two sparse products pay one-off costs (about 1.7 s and
+    # 1.0 s on this machine; later ones 0.15 s).
+    timings = interleaved(contenders, rounds=args.rounds, warmup=2)
+    subset = args.reference_units
+    work = {name: subset for name in timings if name.endswith("per unit")}
+    work["rate_maps (all units)"] = units
     print_table(
         {name: timings[name] for name in work},
         "np.bincount per unit",
@@ -214,18 +239,18 @@ def bench_nulls(args, g):
             "shuffle_null (spatial info)": lambda: shuffle_null(
                 info, activity, pos, n_shuffles=shuffles, generator=g
             ),
-            "segment_shuffle_null (time info)": lambda: segment_shuffle_null(
+            "segment_shuffle (time info)": lambda: segment_shuffle_null(
                 temporal, activity, trial, t, n_shuffles=shuffles, generator=g
             ),
-            "group_permutation_null (splitter)": lambda: group_permutation_null(
+            "group_permutation (splitter)": lambda: group_permutation_null(
                 lambda r: splitter_index(activity, position, r, 20),
                 route,
                 lap,
                 n_shuffles=shuffles,
                 generator=g,
             ),
-            "shuffle_fields (20x20 maps)": lambda: shuffle_fields(maps, shuffles, generator=g),
-            "field_shuffle_null (grid scores)": lambda: field_shuffle_null(
+            "shuffle_fields (20x20)": lambda: shuffle_fields(maps, shuffles, generator=g),
+            "field_shuffle (grid scores)": lambda: field_shuffle_null(
                 grid_scores, maps, n_shuffles=shuffles, generator=g
             ),
         },
@@ -239,6 +264,32 @@ def bench_nulls(args, g):
         "unit-shuffles",
         f"nulls: {units} units x {shuffles} shuffles ({samples} samples; 20x20 maps)",
     )
+
+    def first_sample(shifted):  # reads the gathered activity, costs next to nothing
+        return shifted[0]
+
+    timings = interleaved(
+        {
+            "shuffle_null (contiguous)": lambda: shuffle_null(
+                first_sample, activity, n_shuffles=shuffles, generator=g
+            ),
+            "strided gather (before)": lambda: strided_shuffle_null(
+                first_sample, activity, shuffles, g
+            ),
+        },
+        rounds=args.rounds,
+    )
+    print_table(
+        timings,
+        "strided gather (before)",
+        units * shuffles,
+        "unit-shuffles",
+        f"shuffle_null gather: {units} units x {shuffles} shuffles x {samples} samples",
+    )
+    seed = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    ours = shuffle_null(first_sample, activity, n_shuffles=shuffles, generator=seed[0]).null
+    before = strided_shuffle_null(first_sample, activity, shuffles, seed[1])
+    print(f"  same null as before (same seed): {torch.equal(ours, before)}")
 
 
 def main():
