@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lab.config import ConfigError
+from models.checkpoint import META_KEY
 from models.train import train
 from studies.cli import main
 from studies.plan import Selection
@@ -58,11 +59,9 @@ def tiny(out_root, *overrides, grid=()):
 
 
 def checkpoint(run_dir):
-    """Weights and optimizer state of a run's checkpoint. Not the saved global torch RNG
-    state: no run draws from it, so it holds whatever the process did before the run."""
-    tensors = load_file(run_dir / "checkpoint.safetensors")
-    del tensors["rng/torch"]
-    return tensors
+    """Every tensor of a run's checkpoint (weights, optimizer state, the training streams'
+    RNG state)."""
+    return load_file(run_dir / "checkpoint.safetensors")
 
 
 def assert_same_tensors(a, b):
@@ -146,7 +145,7 @@ def test_killed_worker_is_retried_and_resumes_to_the_uninterrupted_weights(
     train(json.loads((run_dir / "config.json").read_text()), straight, progress=False)
     assert_same_tensors(checkpoint(run_dir), checkpoint(straight))
     with safe_open(run_dir / "checkpoint.safetensors", framework="pt") as f:
-        assert int(f.metadata()["step"]) == steps
+        assert json.loads(f.metadata()[META_KEY])["step"] == steps
 
 
 def test_failing_run_is_reported_not_retried_and_the_others_finish(tmp_path, local_ray):
