@@ -129,7 +129,8 @@ pd.DataFrame(result.summary(), index=["mean", "ci_low", "ci_high"]).T.round(4)
 # steps were computed from the unedited value. `rollout` steps the model one token at a
 # time from an explicit state (`models.stepping`), so a state written at step t drives every
 # later step. Here every sequence receives, at step t, the LSTM state another sequence had
-# at step t; afterwards its responses follow the donor's clock until its own next cue.
+# at step t; in a trained network its responses should then follow the donor's clock
+# until its own next cue, and nothing before step t may change.
 
 # %%
 state = "blocks.0.hook_resid_post"
