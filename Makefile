@@ -63,7 +63,8 @@ test-gpu: ## Tests that need CUDA (skipped without a GPU)
 	$(PY) -m pytest -m gpu -rs
 
 notebooks: ## Generate notebooks/*.ipynb from their jupytext sources and execute them (smoke preset)
-	$(VENV)/bin/jupytext --to ipynb --execute notebooks/[0-9][0-9]_*.py
+	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9][0-9]_*.py
+	$(VENV)/bin/jupyter-execute --inplace notebooks/[0-9][0-9]_*.ipynb
 
 bench: ## Speed benchmarks: every benchmarks/bench_*.py, printed as tables
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
