@@ -18,7 +18,7 @@ STUDIES = $(PY) -m studies
 
 .DEFAULT_GOAL := help
 .PHONY: help install plan train probe census analyze causal tables figures paper sweep test \
-	test-slow test-gpu bench lint clean
+	test-slow test-gpu bench lint clean notebooks
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ test-slow: ## Tests marked slow (longer training runs)
 
 test-gpu: ## Tests that need CUDA (skipped without a GPU)
 	$(PY) -m pytest -m gpu -rs
+
+notebooks: ## Generate notebooks/*.ipynb from their jupytext sources and execute them (smoke preset)
+	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9][0-9]_*.py
+	$(VENV)/bin/jupyter-execute --inplace notebooks/[0-9][0-9]_*.ipynb
 
 bench: ## Speed benchmarks: every benchmarks/bench_*.py, printed as tables
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
