@@ -153,9 +153,14 @@ def bootstrap_ci(
 
 
 def write_tables(records: list[RunRecord], results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Collect, aggregate and write every table to ``results_dir`` (atomically, each)."""
+    """Collect, aggregate and write every table to ``results_dir`` (atomically, each). A
+    table with no rows and no columns (no run has curves, say) is not written, and a copy
+    left by an earlier call is removed, as for the per-run tables no run has."""
     tables = collect(records)
     tables["summary"] = aggregate(tables["metrics"], tables["runs"])
+    for name in [name for name, frame in tables.items() if frame.columns.empty]:
+        del tables[name]
+        (Path(results_dir) / f"{name}.csv").unlink(missing_ok=True)
     for name, frame in tables.items():
         atomic_write(
             Path(results_dir) / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False)

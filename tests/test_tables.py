@@ -1,5 +1,7 @@
 """Results tables from run directories: keys on every row, the gate, bootstrap intervals."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,17 @@ def test_missing_results_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="summary.json: no run summary"):
         write_tables([record], tmp_path / "results")
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.csv"))
+
+
+def test_runs_without_curves_leave_no_unreadable_table(tmp_path):
+    """A task with no curves: curves.csv is not written (and an old one is removed), so
+    the tables read back, and the figures' empty-table path applies."""
+    record = fake_run(tmp_path, "lstm", 0, 0.9, 0.2)
+    summary = record.run_dir / "summary.json"
+    write_json(summary, {**json.loads(summary.read_text()), "curves": []})
+    results = tmp_path / "results"
+    write_csv(results / "curves.csv", [{"stale": 1}])
+    write_tables([record], results)
+    tables = read_tables(results)
+    assert "curves" not in tables and not (results / "curves.csv").exists()
+    assert len(tables["runs"]) == 1
