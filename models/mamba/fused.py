@@ -39,13 +39,14 @@ def _one_thread():
 
 def _transition(dt_chunk, A_t, signed: bool, out, slope=None):
     """a = exp(dt A) (or 2 exp(dt A) - 1) of dt_chunk [k, b, E] and A_t [N, E] into ``out``
-    [k, b, N, E]; with ``slope``, also da/d(dt A) (exp(dt A), or 2 exp(dt A)) into it."""
+    [k, b, N, E]; returns (a, da/d(dt A)): the slope exp(dt A) is ``a`` itself when
+    positive, 2 exp(dt A) written into ``slope`` when signed (None: not needed)."""
     torch.mul(dt_chunk[:, :, None, :], A_t, out=out).exp_()
+    if not signed:
+        return out, out
     if slope is not None:
-        torch.mul(out, 2.0 if signed else 1.0, out=slope)
-    if signed:
-        out.mul_(2.0).sub_(1.0)
-    return out
+        torch.mul(out, 2.0, out=slope)
+    return out.mul_(2.0).sub_(1.0), slope
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
@@ -61,7 +62,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
         decay_buf = x_l.new_empty(min(chunk, length), *states.shape[1:])
         for t0 in range(0, length, chunk):
             t1 = min(t0 + chunk, length)
-            decay = _transition(dt_l[t0:t1], A_t, signed, decay_buf[: t1 - t0])
+            decay, _ = _transition(dt_l[t0:t1], A_t, signed, decay_buf[: t1 - t0])
             h = states[t0:t1]
             torch.mul(dtx[t0:t1, :, None, :], B_l[t0:t1, :, :, None], out=h)  # the drive
             with _one_thread():
@@ -89,8 +90,8 @@ class _FusedSelectiveScan(torch.autograd.Function):
         for t0 in reversed(range(0, length, chunk)):
             t1 = min(t0 + chunk, length)
             k = t1 - t0
-            slope, g, tmp = slope_buf[:k], g_buf[:k], tmp_buf[:k]
-            decay = _transition(dt_l[t0:t1], A_t, signed, decay_buf[:k], slope)
+            g, tmp = g_buf[:k], tmp_buf[:k]
+            decay, slope = _transition(dt_l[t0:t1], A_t, signed, decay_buf[:k], slope_buf[:k])
             h = states[t0:t1]
             gy_c = gy[t0:t1, :, None, :]
             torch.sum(torch.mul(h, gy_c, out=tmp), dim=-1, out=grad_C[t0:t1])
