@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from analysis.binning import rate_maps
+from lab.process import prepare_process
 from lab.streams import PROBE, generator
 from models import count_parameters
 from models.run import build_run
@@ -43,7 +44,7 @@ from studies.plan import Selection, plan
 from studies.preset import load_preset
 
 # %matplotlib inline
-torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+prepare_process()  # as the command line: denormals flushed, freed memory kept
 preset, raw = load_preset(PRESET, [f"out_root={OUT_ROOT}"])
 
 # %% [markdown]

@@ -29,8 +29,8 @@ OUT_ROOT = os.environ.get("COGMAP_OUT_ROOT", "runs")  # where `make paper` write
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
+from lab.process import prepare_process
 from probes.cache import ActivationStore
 from probes.fit import fit_probe
 from probes.mlp import MLPConfig
@@ -41,7 +41,7 @@ from studies.preset import load_preset
 from tasks import build_task
 
 # %matplotlib inline
-torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+prepare_process()  # as the command line: denormals flushed, freed memory kept
 preset, raw = load_preset(PRESET, [f"out_root={OUT_ROOT}"])
 
 # %% [markdown]

@@ -37,6 +37,7 @@ from analysis.census import eta2_of, shifted
 from analysis.gridness import grid_scores
 from analysis.stats import sequence_shift_null
 from analysis.temporal import time_fields
+from lab.process import prepare_process
 from probes.cache import ActivationStore
 from studies.pipeline import census_stage, probe_stage, train_stage
 from studies.plan import Selection, plan
@@ -44,7 +45,7 @@ from studies.preset import load_preset
 from tasks import build_task
 
 # %matplotlib inline
-torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+prepare_process()  # as the command line: denormals flushed, freed memory kept
 preset, raw = load_preset(PRESET, [f"out_root={OUT_ROOT}"])
 
 

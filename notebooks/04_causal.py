@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from lab.process import prepare_process
 from lab.streams import CAUSAL, generator
 from probes.causal.ablation import ablate
 from probes.causal.patching import read_states, rollout
@@ -44,7 +45,7 @@ from studies.plan import Selection, plan
 from studies.preset import load_preset
 
 # %matplotlib inline
-torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+prepare_process()  # as the command line: denormals flushed, freed memory kept
 preset, raw = load_preset(PRESET, [f"out_root={OUT_ROOT}"])
 runs = plan(preset, raw, Selection(studies=("time_cells",), models=("lstm",)))
 train_stage(runs, progress=False)

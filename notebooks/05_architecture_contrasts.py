@@ -34,11 +34,11 @@ STATE_TRACKING_ARMS = ["transformer", "mamba", "lstm"]
 
 # %%
 import matplotlib.pyplot as plt
-import torch
 
 from analysis.figures import FIGURES
 from analysis.figures.panels import StudyTables
 from analysis.tables import collect, read_tables
+from lab.process import prepare_process
 from studies.pipeline import records, train_stage
 from studies.plan import Selection, plan
 from studies.preset import load_preset
@@ -46,7 +46,7 @@ from studies.registry import get_study
 from tasks import build_task
 
 # %matplotlib inline
-torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
+prepare_process()  # as the command line: denormals flushed, freed memory kept
 preset, raw = load_preset(PRESET, [f"out_root={OUT_ROOT}"])
 results = preset.experiment_dir() / "results"
 tables = read_tables(results) if (results / "runs.csv").is_file() else {}

@@ -21,11 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from analysis.tables import read_tables
-from lab.allocator import keep_freed_memory
 from lab.config import ConfigError
+from lab.process import prepare_process
 from models.checkpoint import CheckpointError
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
@@ -80,8 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_flush_denormal(True)  # decaying SSM states reach denormals, slow on CPU
-    keep_freed_memory()  # large activations are reused, not faulted in again every step
+    prepare_process()
     selection = Selection(tuple(args.study), tuple(args.model), tuple(args.task), tuple(args.seed))
     if args.stage in ("sweep", "paper"):
         spec = load_sweep(args.preset, args.set, args.grid)

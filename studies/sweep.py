@@ -44,7 +44,6 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from lab.allocator import keep_freed_memory
 from lab.config import (
     ConfigError,
     apply_overrides,
@@ -54,6 +53,7 @@ from lab.config import (
     require,
 )
 from lab.io import atomic_write, write_json
+from lab.process import prepare_process
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import PlannedRun, Selection, plan
 from studies.preset import SAFE_NAME, Preset, preset_path
@@ -207,8 +207,7 @@ def run_stages(planned: PlannedRun, threads: int, sweep_id: str) -> dict[str, fl
     ``<run dir>/sweep.log``; return
     ``{"seconds": wall time, "attempt": 1 + earlier attempts of this sweep}``."""
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)  # as the command line sets it (studies.cli.run)
-    keep_freed_memory()
+    prepare_process()
     log_path = planned.run_dir / LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
     header = f"sweep {sweep_id} attempt"
