@@ -15,14 +15,13 @@ def fit_to_budget(name: str, config: Any, budget: int, tolerance: float = 0.1):
     """:func:`fit_width` of ``config``, computed once per configuration: the seed does not
     change the parameter count, so runs that differ only in it share the search."""
     fields = dataclasses.asdict(config)
+    seeded = "seed" in fields
     seed = fields.pop("seed", None)
     key = (name, json.dumps(fields, sort_keys=True, default=str), budget, tolerance)
     if key not in _FITTED:
         _FITTED[key] = fit_width(name, config, budget, tolerance)
     fitted = _FITTED[key]
-    return (
-        dataclasses.replace(fitted, seed=seed) if "seed" in dataclasses.asdict(config) else fitted
-    )
+    return dataclasses.replace(fitted, seed=seed) if seeded else fitted
 
 
 _FITTED: dict[tuple, Any] = {}

@@ -85,13 +85,15 @@ class _FusedSelectiveScan(torch.autograd.Function):
         grad_B, grad_C = torch.empty_like(B_l), torch.empty_like(C_l)
         grad_A_t = torch.zeros_like(A_t)
         buf_shape = (min(chunk, length), *states.shape[1:])
-        decay_buf, slope_buf, g_buf, tmp_buf = (states.new_empty(buf_shape) for _ in range(4))
+        decay_buf, g_buf, tmp_buf = (states.new_empty(buf_shape) for _ in range(3))
+        slope_buf = states.new_empty(buf_shape) if signed else None  # positive: slope = decay
         next_decay, next_g = states.new_empty(buf_shape[1:]), states.new_empty(buf_shape[1:])
         for t0 in reversed(range(0, length, chunk)):
             t1 = min(t0 + chunk, length)
             k = t1 - t0
             g, tmp = g_buf[:k], tmp_buf[:k]
-            decay, slope = _transition(dt_l[t0:t1], A_t, signed, decay_buf[:k], slope_buf[:k])
+            slope_out = slope_buf[:k] if signed else None
+            decay, slope = _transition(dt_l[t0:t1], A_t, signed, decay_buf[:k], slope_out)
             h = states[t0:t1]
             gy_c = gy[t0:t1, :, None, :]
             torch.sum(torch.mul(h, gy_c, out=tmp), dim=-1, out=grad_C[t0:t1])
