@@ -53,29 +53,34 @@ def reference_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
 # ---- chunk kernels: T steps from the state before the chunk, a few ops per step
 
 
-def chunk_forward(h, dt, x, B, C, A, signed: bool, states=None):
-    """y = C . h [b, T, E] of one chunk and its last state [b, E, N], from the state h
-    before it; dt, x [b, T, E], B, C [b, T, N]. Writes the chunk's states into ``states``
-    [b, T, E, N] when given."""
+def chunk_forward(h, dt, x, B, C, A, signed: bool, y, states=None):
+    """One chunk from the state h [b, E, N] before it; dt, x [b, T, E], B, C [b, T, N].
+    Writes y = C . h into ``y`` [b, T, E] (and the chunk's states into ``states``
+    [b, T, E, N] when given); returns the chunk's last state [b, E, N]. Outputs are written
+    in place, so a compiled kernel stores straight into the caller's full-length tensors."""
     hs, ys = [], []
     for t in range(dt.shape[1]):
         a, _ = transition(dt[:, t], A, signed)
         h = a * h + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]
         hs.append(h)
         ys.append((h * C[:, t, None, :]).sum(-1))
+    y.copy_(torch.stack(ys, 1))
     if states is not None:
         states.copy_(torch.stack(hs, 1))
-    return torch.stack(ys, 1), h
+    return h
 
 
-def chunk_backward(h, g, dt, x, B, C, A, grad_A, signed: bool, grad_y=None, grad_states=None):
+def chunk_backward(
+    h, g, dt, x, B, C, A, grad_A, signed: bool, grads, grad_y=None, grad_states=None
+):  # fmt: skip
     """Gradients of one chunk of :func:`chunk_forward` (its states recomputed from h), given
     grad_y [b, T, E] and/or grad_states [b, T, E, N] (None: no gradient), and g [b, E, N]:
     dL/dh at the chunk's last step through the later steps (a_T g_T).
 
-    The reverse recurrence is g_t = C_t grad_y_t + grad_states_t + a_{t+1} g_{t+1}; returns
-    grad_x, grad_dt [b, T, E], grad_B, grad_C [b, T, N], grad_A plus this chunk's part
-    [b, E, N] (summed over the batch by the caller), and a_0 g_0 for the previous chunk."""
+    The reverse recurrence is g_t = C_t grad_y_t + grad_states_t + a_{t+1} g_{t+1}. Writes
+    grad_x, grad_dt [b, T, E], grad_B, grad_C [b, T, N] into ``grads`` (four tensors of
+    those shapes); returns grad_A plus this chunk's part [b, E, N] (summed over the batch
+    by the caller) and a_0 g_0 for the previous chunk."""
     length = dt.shape[1]
     states, steps = [h], []
     for t in range(length):
@@ -97,9 +102,14 @@ def chunk_backward(h, g, dt, x, B, C, A, grad_A, signed: bool, grad_y=None, grad
         grad_x[t] = grad_dtx * dt[:, t]
         grad_A = grad_A + grad_decay * dt[:, t, :, None]
         g = a * g
-    grad_C = torch.stack(grad_C, 1) if grad_y is not None else torch.zeros_like(C)
-    grad_x, grad_dt, grad_B = (torch.stack(grad, 1) for grad in (grad_x, grad_dt, grad_B))
-    return grad_x, grad_dt, grad_B, grad_C, grad_A, g
+    out_x, out_dt, out_B, out_C = grads
+    for out, grad in ((out_x, grad_x), (out_dt, grad_dt), (out_B, grad_B)):
+        out.copy_(torch.stack(grad, 1))
+    if grad_y is not None:
+        out_C.copy_(torch.stack(grad_C, 1))
+    else:
+        out_C.zero_()
+    return grad_A, g
 
 
 @dataclass(frozen=True)
@@ -119,61 +129,74 @@ EAGER = ChunkKernels()
 
 
 def _chunk(tensor: torch.Tensor, start: int, chunk: int) -> torch.Tensor:
-    """tensor[:, start : start + chunk] as a contiguous copy, zero-padded to ``chunk`` steps
-    past the end (a padded step has dt = 0: a = 1 and no drive, so it leaves the state
-    alone). Copies start at offset 0, so compiled kernels are not recompiled per chunk."""
+    """tensor[:, start : start + chunk], zero-padded to ``chunk`` steps past the end (a
+    padded step has dt = 0: a = 1 and no drive, so it leaves the state alone). Full chunks
+    are views, so no input is copied."""
     piece = tensor[:, start : start + chunk]
     if piece.shape[1] < chunk:
         padding = piece.new_zeros(piece.shape[0], chunk - piece.shape[1], *piece.shape[2:])
         return torch.cat([piece, padding], 1)
-    return piece.contiguous()
+    return piece
+
+
+class _Outputs:
+    """Where the chunk kernels write: views into full-length outputs [b, L, ...] for full
+    chunks, a padded buffer for a last partial chunk (copied into place by ``done``)."""
+
+    def __init__(self, outputs: tuple[torch.Tensor, ...], start: int, chunk: int):
+        self.outputs, self.start = outputs, start
+        self.views = tuple(out[:, start : start + chunk] for out in outputs)
+        self.padded = self.views[0].shape[1] < chunk
+        if self.padded:
+            self.views = tuple(
+                out.new_empty(out.shape[0], chunk, *out.shape[2:]) for out in outputs
+            )
+
+    def done(self):
+        if self.padded:
+            for out, view in zip(self.outputs, self.views, strict=True):
+                out[:, self.start :] = view[:, : out.shape[1] - self.start]
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, signed, chunk, kernels, with_states):
         (batch, length, d_inner), d_state = x.shape, A.shape[1]
+        y = torch.empty_like(x)
         states = x.new_empty(batch, length, d_inner, d_state) if with_states else None
         h = x.new_zeros(batch, d_inner, d_state)
-        starts, ys = [], []
+        starts = []
         for t0 in range(0, length, chunk):
-            out = None
-            if with_states:  # the last chunk may be padded: written to a buffer first
-                out = states[:, t0 : t0 + chunk] if t0 + chunk <= length else None
-                out = out if out is not None else states.new_empty(batch, chunk, d_inner, d_state)
             starts.append(h)
+            out = _Outputs((y, states) if with_states else (y,), t0, chunk)
             inputs = (_chunk(t, t0, chunk) for t in (dt, x, B, C))
-            y, h = kernels.forward(h, *inputs, A, signed, out)
-            ys.append(y)
-            if with_states and t0 + chunk > length:
-                states[:, t0:] = out[:, : length - t0]
+            h = kernels.forward(h, *inputs, A, signed, *out.views)
+            out.done()
         ctx.save_for_backward(x, dt, A, B, C)
         ctx.starts = starts  # [b, E, N] each: the state before each chunk
         ctx.signed, ctx.chunk, ctx.kernels = signed, chunk, kernels
         ctx.set_materialize_grads(False)
-        y = torch.cat(ys, 1)[:, :length]
         return (y, states) if with_states else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_states=None):
         x, dt, A, B, C = ctx.saved_tensors
-        chunk, length = ctx.chunk, x.shape[1]
+        chunk = ctx.chunk
         g, grad_A = torch.zeros_like(ctx.starts[0]), torch.zeros_like(ctx.starts[0])
-        parts = []
+        grads = tuple(torch.empty_like(t) for t in (x, dt, B, C))
         for i in reversed(range(len(ctx.starts))):
             t0 = i * chunk
+            out = _Outputs(grads, t0, chunk)
             inputs = (_chunk(t, t0, chunk) for t in (dt, x, B, C))
             grad_outputs = (
                 None if grad is None else _chunk(grad, t0, chunk) for grad in (grad_y, grad_states)
             )
-            *grads, grad_A, g = ctx.kernels.backward(
-                ctx.starts[i], g, *inputs, A, grad_A, ctx.signed, *grad_outputs
+            grad_A, g = ctx.kernels.backward(
+                ctx.starts[i], g, *inputs, A, grad_A, ctx.signed, out.views, *grad_outputs
             )
-            parts.append(grads)
-        grad_x, grad_dt, grad_B, grad_C = (
-            torch.cat(part[::-1], 1)[:, :length] for part in zip(*parts, strict=True)
-        )
+            out.done()
+        grad_x, grad_dt, grad_B, grad_C = grads
         return grad_x, grad_dt, grad_A.sum(0), grad_B, grad_C, None, None, None, None
 
 
