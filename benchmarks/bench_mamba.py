@@ -14,7 +14,8 @@ interleaved rounds (benchmarks/harness.py), so ratios are same-time ratios; repo
 contender: median [min, max] seconds, tokens/s, the median per-round speed-up over today's
 matching path, and the worst round against the median. The whole timing runs twice: with
 glibc's default allocator and with ``keep_freed_memory()`` (lab/allocator.py).
-Then: compile time of the "compiled" scan (fresh and warm Inductor cache), the reference
+Then: build time of the "native" scan (fresh and warm extension directory), compile time of
+the "compiled" scan (fresh and warm Inductor cache), the reference
 scan today vs now, peak RSS per model (each in its own subprocess) and the fast paths
 against sequence length.
 """
@@ -39,7 +40,7 @@ from harness import Timing, interleaved, print_table, ratio  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB, D_MODEL, LAYERS, D_STATE = 50, 64, 2, 16
-OURS = ["fast", "fast+state", "compiled", "compiled+state"]
+OURS = ["fast", "fast+state", "native", "native+state", "compiled", "compiled+state"]
 TODAY = ["today-fast", "today-fast+state"]
 ANCHORS = ["mambapy-pscan", "hf-slow", "transformer", "lstm"]
 
@@ -79,7 +80,7 @@ def build(name: str, baseline: str):
     import models.mamba as ours
 
     base, state = name.removesuffix("+state"), name.endswith("+state")
-    if base in ("fast", "compiled", "reference", "today-fast", "today-reference"):
+    if base in ("fast", "native", "compiled", "reference", "today-fast", "today-reference"):
         module = load_baseline(baseline) if base.startswith("today-") else ours
         model = module.MambaLM(mamba_config(module, base.removeprefix("today-")))
         model.load_state_dict(ours.MambaLM(mamba_config(ours, "fast")).state_dict())
@@ -163,7 +164,8 @@ def time_rounds(names, baseline, batch, seq, rounds, warmup, threads, keep_freed
 
 
 def compile_seconds(name: str, baseline: str, threads: int) -> dict:
-    """Seconds of the first training step (compiling the kernels) and of the third."""
+    """Seconds of the first training step (building or compiling the kernels) and of the
+    third."""
     _setup(threads, keep_freed=False)
     step, _ = training_step(name, baseline, 64, 128)
     times = []
@@ -236,6 +238,16 @@ def main() -> None:
         print(f"\n-- {allocator}")
         report({name: Timing(name, seconds) for name, seconds in rows.items()}, tokens)
 
+    print("\nbuild time of the 'native' scan (first training step minus a later one)")
+    with tempfile.TemporaryDirectory() as cache:
+        for cache_state in ("fresh", "warm"):
+            t = _sub("compile", "native", args.baseline, args.threads,
+                     env={"TORCH_EXTENSIONS_DIR": cache})  # fmt: skip
+            print(
+                f"  native           {cache_state} extension directory: "
+                f"{t['first'] - t['steady']:6.1f} s (first step {t['first']:.1f} s)"
+            )
+
     print("\ncompile time of the 'compiled' scan (first training step minus a later one)")
     with tempfile.TemporaryDirectory() as cache:
         for cache_state in ("fresh", "warm"):
@@ -264,7 +276,7 @@ def main() -> None:
 
     print("\nfast paths at batch 16 against sequence length (today-fast is the baseline)")
     for seq in (128, 256, 512, 1024):
-        contenders = ["today-fast", "fast", "compiled"]
+        contenders = ["today-fast", "fast", "native", "compiled"]
         rows = _sub("time", contenders, args.baseline, 16, seq, 3, 2, args.threads, False)
         timings = {name: Timing(name, seconds) for name, seconds in rows.items()}
         print_table(timings, baseline="today-fast", work=16 * seq, unit="tok", title=f"seq {seq}")

@@ -2,15 +2,18 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import models.mamba.model as mamba_model
 from models import build_model
 from models.mamba import MambaConfig, MambaLM, MambaMixer
 from models.mamba.compiled import compile_error, compiled_kernels
 from models.mamba.fused import fused_selective_scan
+from models.mamba.native import _extension, native_conv_silu, native_error, native_scan
 from models.mamba.scan import readout, reference_scan, selective_scan, transition
 
 CONFIG = MambaConfig(d_model=16, n_layers=2, d_vocab=11, d_vocab_out=7, d_state=8, seed=0)
@@ -57,10 +60,10 @@ def reference_readout(x, dt, A, B, C, signed):
     return torch.einsum("blen,bln->ble", states, C)
 
 
-def assert_scan_matches_reference(scan, signed, rtol=1e-5, atol=1e-5):
+def assert_scan_matches_reference(scan, signed, rtol=1e-5, atol=1e-5, **shape):
     """scan(x, dt, A, B, C) -> y against :func:`reference_readout`: y and the gradients of
-    a weighted sum of y with respect to x, dt, A, B, C."""
-    inputs, weights = scan_inputs()
+    a weighted sum of y with respect to x, dt, A, B, C (inputs of :func:`scan_inputs`)."""
+    inputs, weights = scan_inputs(**shape)
     want = reference_readout(*inputs, signed)
     want_grads = torch.autograd.grad((want * weights).sum(), inputs)
     got = scan(*inputs)
@@ -252,7 +255,7 @@ def test_mixer_matches_huggingface_mamba_mixer():
     ref_grads = torch.autograd.grad(ref.square().sum(), [hidden] + [params[n] for n in names])
     ours_params = dict(ours.named_parameters())
     assert sorted(ours_params) == names  # the key mapping is the identity
-    for scan in ("reference", "fast"):
+    for scan in ("reference", "fast") + (("native",) if native_error() is None else ()):
         out = ours(hidden, scan=scan)
         grads = torch.autograd.grad(out.square().sum(), [hidden] + [ours_params[n] for n in names])
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -352,7 +355,9 @@ def test_fast_path_materialises_the_state_only_when_hooked(monkeypatch):
     monkeypatch.setattr(mamba_model, "selective_scan", spy(selective_scan))
     monkeypatch.setattr(mamba_model, "fused_selective_scan", spy(fused_selective_scan))
     model(tokens, scan="fast")
-    model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_ssm_dt"))
+    model.run_with_cache(
+        tokens, names_filter=lambda name: name.endswith("hook_ssm_dt"), scan="fast"
+    )
     assert calls == ["fused"] * 4
     _, cache = model.run_with_cache(tokens, scan="fast")
     assert calls[4:] == [True] * 2
@@ -453,3 +458,117 @@ def test_keep_freed_memory_stops_large_blocks_faulting_in_again():
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert default > pages // 2  # every page again
     assert kept < pages // 100  # the freed block is reused
+
+
+needs_native = pytest.mark.skipif(
+    native_error() is not None, reason=f"the native scan cannot be built here: {native_error()}"
+)
+
+
+@needs_native
+def test_native_exp_is_as_accurate_as_torch_exp():
+    """The kernels' inlined exp against float64 exp over its whole range, clamped outside."""
+    v = torch.linspace(-87, 88, 1_000_001)
+    want = torch.exp(v.double())
+    assert ((_extension().exp(v).double() - want).abs() / want).max() < 3e-7
+    ends = _extension().exp(torch.tensor([-1e4, -87.0, 0.0, 88.0, 1e4]))
+    assert ends[2] == 1 and ends[0] == ends[1] > 0 and ends[-1] == ends[-2] < float("inf")
+
+
+@needs_native
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("shape", [{}, {"b": 3, "L": 37, "E": 20, "N": 5}, {"E": 16, "L": 1}])
+def test_native_scan_equals_reference(signed, shape):
+    """y and all input gradients: channels padded to the 16 lanes (E 6, 20) or not (16),
+    one checkpoint segment (L 10, 1) or several with a partial last one (L 37)."""
+    assert_scan_matches_reference(
+        lambda *inputs: native_scan(*inputs, signed=signed), signed, **shape
+    )
+
+    def trajectory(x, dt, A, B, C):
+        y, states = native_scan(x, dt, A, B, C, signed, with_states=True)
+        torch.testing.assert_close(y, readout(states, C))
+        return readout(states, C)
+
+    assert_scan_matches_reference(trajectory, signed, **shape)
+
+
+@needs_native
+def test_native_gradients_from_both_the_output_and_the_trajectory():
+    inputs, weights = scan_inputs(L=21, E=20)
+    x, dt, A, B, C = inputs
+    want_states = reference_scan(transition(dt, A, True)[0], (dt * x)[..., None] * B[:, :, None])
+    want = torch.einsum("blen,bln->ble", want_states, C)
+    state_weights = torch.randn(want_states.shape, generator=torch.Generator().manual_seed(2))
+    want_loss = (want * weights).sum() + (want_states * state_weights).sum()
+    y, states = native_scan(*inputs, signed=True, with_states=True)
+    torch.testing.assert_close(states, want_states)
+    loss = (y * weights).sum() + (states * state_weights).sum()
+    for got, want_grad in zip(
+        torch.autograd.grad(loss, inputs), torch.autograd.grad(want_loss, inputs), strict=True
+    ):
+        torch.testing.assert_close(got, want_grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("length", "channels", "width"), [(9, 20, 4), (2, 16, 4), (7, 5, 3)])
+def test_native_conv_silu_equals_conv1d(bias, length, channels, width):
+    """silu(causal depthwise Conv1d) in float64 against the native kernel on a strided view
+    (the x half of in_proj's output), values and gradients of input, weight and bias;
+    lengths shorter than the kernel included."""
+    conv = torch.nn.Conv1d(
+        channels, channels, width, groups=channels, padding=width - 1, bias=bias
+    ).double()
+    xz = torch.randn(3, length, 2 * channels, dtype=torch.float64, requires_grad=True)
+    want = F.silu(conv(xz[..., :channels].transpose(1, 2))[..., :length].transpose(1, 2))
+    weights = torch.randn_like(want)
+    params = [xz, conv.weight] + ([conv.bias] if bias else [])
+    want_grads = torch.autograd.grad((want * weights).sum(), params)
+    ours = [p.detach().float().requires_grad_() for p in params]
+    got = native_conv_silu(ours[0][..., :channels], ours[1].squeeze(1), ours[2] if bias else None)
+    grads = torch.autograd.grad((got * weights.float()).sum(), ours)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    for got_grad, want_grad in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("eigenvalues", ["positive", "signed"])
+@pytest.mark.parametrize("state_hooked", [False, True])
+def test_native_model_agrees_with_reference(eigenvalues, state_hooked):
+    model = MambaLM(MambaConfig(**{**CONFIG.__dict__, "eigenvalues": eigenvalues}))
+    assert_backends_agree(model, ("reference", "native"), state_hooked)
+
+
+@needs_native
+def test_auto_scan_on_cpu_is_native_for_float32_and_fast_for_float64(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        mamba_model, "native_scan", lambda *a, **k: calls.append("native") or native_scan(*a, **k)
+    )
+    tokens = torch.randint(0, 11, (2, 6))
+    model = MambaLM(CONFIG)
+    model(tokens)
+    assert calls == ["native"] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float64 takes the fast scan without a warning
+        model.double()(tokens)
+    assert calls == ["native"] * 2
+    with pytest.warns(UserWarning, match=r"scan='native': .*float64, the native scan is float32"):
+        model(tokens, scan="native")
+
+
+def test_native_scan_that_cannot_be_built_warns_and_uses_fast(monkeypatch):
+    monkeypatch.setattr(mamba_model, "native_error", lambda: "CalledProcessError: no compiler")
+    monkeypatch.setattr(mamba_model, "_WARNED", set())
+    model = MambaLM(CONFIG)
+    tokens = torch.randint(0, 11, (1, 6))
+    with pytest.warns(UserWarning, match=r"scan='auto': .*cannot be built here: .*no compiler"):
+        out = model(tokens)
+    torch.testing.assert_close(out, model(tokens, scan="fast"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "auto" says it once
+        model(tokens)
+    with pytest.warns(UserWarning, match=r"scan='native': .*cannot be built"):
+        model(tokens, scan="native")  # an explicit request every time

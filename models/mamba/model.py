@@ -30,6 +30,9 @@ Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rou
                for its backward, unless ``hook_ssm_state`` has a hook (``run_with_cache``,
                ``run_with_hooks``, ``add_hook``); then the chunked scan of
                :mod:`models.mamba.scan`, which returns the whole trajectory for the hook
+  "native"     a C++ scan and causal conv + SiLU for CPUs (:mod:`models.mamba.native`),
+               built for the machine on first use (about 30 s, then cached); float32 on
+               CPU only, else it warns (naming the reason) and uses "fast"
   "compiled"   the same chunked scans with their chunk kernels compiled by torch.compile
                (C++ on CPU, Triton on CUDA; compiled once per shape, seconds each); where
                torch.compile cannot build kernels it warns (naming the reason) and uses "fast"
@@ -37,8 +40,8 @@ Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rou
                for the conv when installed); it cannot return the trajectory nor use signed
                eigenvalues, and needs CUDA tensors and an importable mamba-ssm: otherwise it
                warns (naming the reason) and uses "compiled" on CUDA, "fast" on CPU
-  "auto"       "cuda" where usable, else "compiled" on CUDA (warning once why not "cuda"),
-               else "fast"
+  "auto"       "cuda" where usable, else "compiled" on CUDA (warning once why not "cuda");
+               on CPU "native" where it builds, else "fast" (warning once why)
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from transformer_lens.hook_points import HookPoint
 from models.embedding import InputEmbedding
 from models.mamba.compiled import compile_error, compiled_kernels
 from models.mamba.fused import fused_selective_scan
+from models.mamba.native import native_conv_silu, native_error, native_scan
 from models.mamba.scan import (
     EAGER,
     EIGENVALUES,
@@ -66,7 +70,7 @@ from models.mamba.scan import (
     transition,
 )
 
-SCANS = ("auto", "reference", "fast", "compiled", "cuda")
+SCANS = ("auto", "reference", "fast", "native", "compiled", "cuda")
 
 
 @dataclass
@@ -104,10 +108,10 @@ class MambaConfig:
     """Transitions a_t = exp(dt A) in (0, 1) ("positive", Mamba-1) or 2 exp(dt A) - 1 in
     (-1, 1) ("signed", Grazzi et al. 2024: state tracking such as parity)."""
     scan: str = "auto"
-    """"reference" (step loop, autograd), "fast" (chunked, plain PyTorch), "compiled" (the
-    same, torch.compile'd), "cuda" (mamba-ssm kernels), or "auto": cuda on a GPU when
-    mamba-ssm imports, compiled on other GPUs, fast on CPU. ``forward(scan=...)``
-    overrides it per call."""
+    """"reference" (step loop, autograd), "fast" (plain PyTorch), "native" (C++ for CPUs,
+    built on first use), "compiled" (chunked, torch.compile'd), "cuda" (mamba-ssm kernels),
+    or "auto": cuda on a GPU when mamba-ssm imports, compiled on other GPUs, native on CPU
+    where it builds (else fast). ``forward(scan=...)`` overrides it per call."""
     seed: int | None = 0
     """Seed of the parameter initialisation (None: the global RNG)."""
 
@@ -177,8 +181,10 @@ class MambaMixer(nn.Module):
                 x.transpose(1, 2).contiguous(), weight, self.conv1d.bias, activation="silu"
             )
             x = self.hook_conv(x.transpose(1, 2))
+        elif scan == "native":
+            x = self.hook_conv(native_conv_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias))
         else:
-            x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
+            x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2).contiguous()
             x = self.hook_conv(F.silu(x))
         dt_low, B, C = self.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
         dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))
@@ -192,6 +198,8 @@ class MambaMixer(nn.Module):
             decay = transition(dt, A, signed)[0]  # [batch, L, E, N]
             states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
             y = readout(self.hook_ssm_state(states), C) + self.D * x
+        elif scan == "native":
+            y = self._native_scan(x, dt, A, B, C, signed) + self.D * x
         elif not self._state_wanted() and scan == "fast":
             y = fused_selective_scan(x, dt, A, B, C, signed) + self.D * x
         elif not self._state_wanted():
@@ -206,6 +214,18 @@ class MambaMixer(nn.Module):
         y = self.hook_ssm_out(y)
         return self.hook_out(self.out_proj(y * gate))
 
+    def _native_scan(self, x, dt, A, B, C, signed: bool) -> torch.Tensor:
+        """y [batch, L, E] of the native scan, passing the trajectory through hook_ssm_state
+        when something hooks it."""
+        if not self._state_wanted():
+            return native_scan(x, dt, A, B, C, signed)
+        y, states = native_scan(x, dt, A, B, C, signed, with_states=True)
+        version = states._version
+        hooked = self.hook_ssm_state(states)
+        if hooked is not states or hooked._version != version:  # patched: read it out
+            return readout(hooked, C)
+        return y
+
     def _state_wanted(self) -> bool:
         """Whether a hook reads or patches the state trajectory (so it must exist):
         TransformerLens hooks (``run_with_cache``, ``run_with_hooks``, ``add_hook``) or
@@ -216,21 +236,34 @@ class MambaMixer(nn.Module):
     def _choose_scan(self, scan: str, x: torch.Tensor) -> str:
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; valid: {list(SCANS)}")
+        requested = scan
         if scan in ("auto", "cuda"):
             reason = self._cuda_unusable(x)
             if reason is None:
                 return "cuda"
-            if scan == "auto" and not x.is_cuda:
-                return "fast"
-            # an explicit request always warns; "auto" once per reason
-            if scan == "cuda" or reason not in _WARNED:
+            scan = "compiled" if x.is_cuda else "native"
+            # an explicit request always warns; "auto" on a GPU once per reason
+            if requested == "cuda" or (x.is_cuda and reason not in _WARNED):
                 _WARNED.add(reason)
-                fallback = "compiled" if x.is_cuda else "fast"
                 warnings.warn(
-                    f"scan={scan!r}: no CUDA kernels, {reason}; using the {fallback} scan",
+                    f"scan={requested!r}: no CUDA kernels, {reason}; using the {scan} scan",
                     stacklevel=4,
                 )
-            scan = "compiled" if x.is_cuda else "fast"
+        if scan == "native":
+            reason = _native_unusable(x)
+            if reason is None:
+                return "native"
+            # "auto" warns once if the build fails, and not at all for a float64 or GPU
+            # model (the fast scan is the one for those)
+            built = not reason.startswith("it cannot be built")
+            if requested != "auto" or (not built and reason not in _WARNED):
+                _WARNED.add(reason)
+                warnings.warn(
+                    f"scan={requested!r}: the native scan cannot run ({reason}); "
+                    "using the fast scan",
+                    stacklevel=4,
+                )
+            return "fast"
         if scan == "compiled":
             error = compile_error(x.device.type)
             if error is not None:
@@ -262,6 +295,16 @@ _KERNEL_IMPORTS = {
     "selective_scan_fn": "mamba_ssm.ops.selective_scan_interface",
     "causal_conv1d_fn": "causal_conv1d",
 }
+
+
+def _native_unusable(x: torch.Tensor) -> str | None:
+    """Why the native scan cannot run on ``x`` (None: it can)."""
+    if x.device.type != "cpu":
+        return f"the model is on {x.device.type}, the native scan runs on CPU"
+    if x.dtype != torch.float32:
+        return f"the model is {x.dtype}, the native scan is float32 only"
+    error = native_error()
+    return None if error is None else f"it cannot be built here: {error}"
 
 
 def _cuda_kernels(name: str):

@@ -1,0 +1,132 @@
+"""The "native" scan: the selective scan as a C++ loop (``native.cpp``), built for this
+machine by torch.utils.cpp_extension on first use (about 30 s on 2 cores; cached afterwards
+in torch's extension directory, ``TORCH_EXTENSIONS_DIR``), with autograd Functions around
+its forward and backward kernels; also the mixer's causal depthwise conv + SiLU.
+
+Work is split into tasks of one batch element and 16 channels, the channels being the
+vector lanes, so every step of the recurrence is elementwise across lanes and a task's
+state [N, 16] stays in the L1 cache; the backward pass recomputes the states segment by
+segment from checkpoints saved every 16 steps, so nothing of the size of the trajectory is
+stored unless ``with_states`` asks for it. Float32 on CPU only; ``native_error()`` says why
+it cannot be built on a machine (the model then uses the "fast" scan).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+SOURCE = Path(__file__).with_name("native.cpp")
+# -fopenmp: at::parallel_for runs on OpenMP, and the shared object needs libgomp.so.1, which
+# resolves to the copy torch has already loaded (one thread pool for torch and the kernels)
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+# vector instructions by the CPU capability torch detects (not -march=native: a build cached
+# in a home directory shared by different machines must run on each of them)
+VECTOR_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+@functools.cache
+def _extension():
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return cpp_extension.load(
+        name=f"cogmap_mamba_scan_{capability.lower()}", sources=[str(SOURCE)],
+        extra_cflags=FLAGS + VECTOR_FLAGS.get(capability, []), extra_ldflags=["-fopenmp"],
+    )  # fmt: skip
+
+
+@functools.cache
+def native_error() -> str | None:
+    """Why the native scan cannot be built here (no C++ compiler, no ninja...), found by
+    building it once; None where it can."""
+    try:
+        _extension()
+    except Exception as error:  # OSError, RuntimeError, subprocess errors of the build
+        message = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {message[0] if message else ''}"
+    return None
+
+
+class _NativeScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, signed, with_states):
+        width = x.shape[-1]
+        pad = -width % _extension().lanes  # channels come in blocks of `lanes`
+        x, dt, A_t = (_pad_channels(t, pad) for t in (x, dt, A.t()))  # A_t [N, E]
+        B, C = B.contiguous(), C.contiguous()
+        y, checkpoints, states = _extension().scan_forward(x, dt, A_t, B, C, signed, with_states)
+        ctx.save_for_backward(x, dt, A_t, B, C, checkpoints)
+        ctx.signed, ctx.width = signed, width
+        ctx.set_materialize_grads(False)
+        if pad:  # copies, not views: a hook may modify the trajectory in place
+            y, states = y[..., :width].contiguous(), states[:, :, :width].contiguous()
+        return (y, states) if with_states else y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_states=None):
+        x, dt, A_t, B, C, checkpoints = ctx.saved_tensors
+        width, pad = ctx.width, x.shape[-1] - ctx.width
+        empty = x.new_empty(0)
+        grad_y = empty if grad_y is None else _pad_channels(grad_y, pad)
+        if grad_states is None:
+            grad_states = empty
+        else:  # [b, L, E, N]: channels are the second to last axis
+            grad_states = _pad_channels(grad_states.transpose(-1, -2), pad).transpose(-1, -2)
+            grad_states = grad_states.contiguous()
+        grad_x, grad_dt, grad_A_t, grad_B, grad_C = _extension().scan_backward(
+            x, dt, A_t, B, C, checkpoints, grad_y, grad_states, ctx.signed
+        )
+        return (
+            grad_x[..., :width], grad_dt[..., :width], grad_A_t[:, :width].t(), grad_B, grad_C,
+            None, None,
+        )  # fmt: skip
+
+
+def _pad_channels(tensor: torch.Tensor, pad: int) -> torch.Tensor:
+    """``tensor`` [..., E] contiguous, with ``pad`` zero channels appended (no copy when it
+    is contiguous and needs none)."""
+    return F.pad(tensor, (0, pad)).contiguous() if pad else tensor.contiguous()
+
+
+class _NativeConvSilu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        w_t = weight.t().contiguous()  # [K, E]
+        bias = x.new_empty(0) if bias is None else bias.contiguous()
+        ctx.save_for_backward(x, w_t, bias)
+        ctx.has_bias = bias.numel() > 0
+        return _extension().conv_forward(x, w_t, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, w_t, bias = ctx.saved_tensors
+        grad_x, grad_w_t, grad_bias = _extension().conv_backward(
+            x, w_t, bias, grad_out.contiguous()
+        )
+        return grad_x, grad_w_t.t(), grad_bias if ctx.has_bias else None
+
+
+def native_conv_silu(x, weight, bias):
+    """silu(causal depthwise conv of x) [batch, L, E] from x [batch, L, E] (channels
+    contiguous; rows may be strided), weight [E, K] and bias [E] or None (float32, CPU):
+    ``silu(conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))`` of a depthwise Conv1d."""
+    return _NativeConvSilu.apply(x, weight, bias)
+
+
+def native_scan(x, dt, A, B, C, signed: bool = False, with_states: bool = False):
+    """y_t = C_t . h_t [batch, L, E] (without the D x skip) from x, dt [batch, L, E],
+    A [E, N], B, C [batch, L, N] (float32, CPU); with ``with_states`` also the trajectory
+    h [batch, L, E, N]. Same values and gradients as the reference scan."""
+    return _NativeScan.apply(x, dt, A, B, C, signed, with_states)
