@@ -136,23 +136,25 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
   float *pgB = grad_B.data_ptr<float>(), *pgC = grad_C.data_ptr<float>();
   const int64_t blocks = s.d_inner / W, nw = s.n_state * W;
 
-  // one batch element at a time per thread, all its channel blocks in turn: grad_B and
-  // grad_C (sums over channels) are summed lane-wise over the blocks, then over lanes once
+  // one batch element per thread at a time, segments backwards, and in each segment every
+  // channel block in turn (each carrying its own g): grad_B and grad_C (sums over channels)
+  // are summed lane-wise over the blocks in a segment-sized buffer, then over lanes
   at::parallel_for(0, s.batch, 1, [=](int64_t first, int64_t last) {
     float* gA = grad_A_parts.data_ptr<float>() + at::get_thread_num() * s.n_state * s.d_inner;
     // one segment: states (the one before it, then K), transitions and slopes, [k][n][W]
-    std::vector<float> hs((SEGMENT + 1) * nw), as(SEGMENT * nw), g(nw);
+    std::vector<float> hs((SEGMENT + 1) * nw), as(SEGMENT * nw), g_blocks(blocks * nw);
     std::vector<float> slopes(is_signed ? SEGMENT * nw : 0);  // positive: the slope is a
-    std::vector<float> lanes_B(s.length * nw), lanes_C(s.length * nw);  // [t][n][W]
+    std::vector<float> lanes_B(SEGMENT * nw), lanes_C(SEGMENT * nw);  // [k][n][W]
     alignas(64) float drive[W], gy[W], grad_drive[W], grad_dtA[W];
     for (int64_t b = first; b < last; ++b) {
-      std::fill(lanes_B.begin(), lanes_B.end(), 0.0f);
-      std::fill(lanes_C.begin(), lanes_C.end(), 0.0f);
-      for (int64_t block = 0; block < blocks; ++block) {
-        const int64_t e0 = block * W;
-        std::fill(g.begin(), g.end(), 0.0f);
-        for (int64_t seg = s.segments - 1; seg >= 0; --seg) {
-          const int64_t t0 = seg * SEGMENT, t1 = std::min(s.length, t0 + SEGMENT);
+      std::fill(g_blocks.begin(), g_blocks.end(), 0.0f);
+      for (int64_t seg = s.segments - 1; seg >= 0; --seg) {
+        const int64_t t0 = seg * SEGMENT, t1 = std::min(s.length, t0 + SEGMENT);
+        std::fill(lanes_B.begin(), lanes_B.end(), 0.0f);
+        std::fill(lanes_C.begin(), lanes_C.end(), 0.0f);
+        for (int64_t block = 0; block < blocks; ++block) {
+          const int64_t e0 = block * W;
+          float* g = &g_blocks[block * nw];  // dL/dh of this block, carried across segments
           const float* ck = pck + (b * s.segments + seg) * s.n_state * s.d_inner + e0;
           for (int64_t n = 0; n < s.n_state; ++n)
             std::copy(ck + n * s.d_inner, ck + n * s.d_inner + W, &hs[n * W]);
@@ -188,7 +190,7 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
               const float* a = &as[k * nw + n * W];
               const float* slope = is_signed ? &slopes[k * nw + n * W] : a;
               float *gn = &g[n * W], *gAn = gA + n * s.d_inner + e0;
-              float *sum_B = &lanes_B[t * nw + n * W], *sum_C = &lanes_C[t * nw + n * W];
+              float *sum_B = &lanes_B[k * nw + n * W], *sum_C = &lanes_C[k * nw + n * W];
               if (has_gs) {  // dL/dh_t from the trajectory: g += grad_states[b, t, :, n]
                 const float* gs = pgs + (bt * s.d_inner + e0) * s.n_state + n;
                 for (int64_t j = 0; j < W; ++j) gn[j] += gs[j * s.n_state];
@@ -212,16 +214,16 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
             }
           }
         }
-      }
-      for (int64_t i = 0; i < s.length * s.n_state; ++i) {  // sum over lanes: [t][n]
-        float sum_B = 0.0f, sum_C = 0.0f;
+        for (int64_t i = 0; i < (t1 - t0) * s.n_state; ++i) {  // sum over lanes: [k][n]
+          float sum_B = 0.0f, sum_C = 0.0f;
 #pragma omp simd reduction(+ : sum_B, sum_C)
-        for (int64_t j = 0; j < W; ++j) {
-          sum_B += lanes_B[i * W + j];
-          sum_C += lanes_C[i * W + j];
+          for (int64_t j = 0; j < W; ++j) {
+            sum_B += lanes_B[i * W + j];
+            sum_C += lanes_C[i * W + j];
+          }
+          pgB[(b * s.length + t0) * s.n_state + i] = sum_B;
+          pgC[(b * s.length + t0) * s.n_state + i] = sum_C;
         }
-        pgB[b * s.length * s.n_state + i] = sum_B;
-        pgC[b * s.length * s.n_state + i] = sum_C;
       }
     }
   });
