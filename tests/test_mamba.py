@@ -303,7 +303,8 @@ def test_patching_the_state_trajectory_is_what_the_output_reads(patch):
     tokens = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(0))
     clean = model(tokens)
     hooked = {"blocks.0.mixer.hook_ssm_state": hooks[patch]}
-    assert_backends_agree(model, ("reference", "fast"), hooks=hooked)
+    native = ("native",) if native_error() is None else ()
+    assert_backends_agree(model, ("reference", "fast", *native), hooks=hooked)
     patched = model.run_with_hooks(tokens, fwd_hooks=list(hooked.items()), scan="fast")
     assert torch.allclose(patched, clean) == (patch == "identity")
 
@@ -486,11 +487,26 @@ def test_native_scan_equals_reference(signed, shape):
     )
 
     def trajectory(x, dt, A, B, C):
-        y, states = native_scan(x, dt, A, B, C, signed, with_states=True)
+        y, states = native_scan(x, dt, A, B, C, signed=signed, with_states=True)
         torch.testing.assert_close(y, readout(states, C))
         return readout(states, C)
 
     assert_scan_matches_reference(trajectory, signed, **shape)
+
+
+@needs_native
+def test_native_scan_adds_the_skip_term_with_its_gradients():
+    """y = C . h + D x with D [E] (here 20 channels: padded lanes), against the reference
+    readout plus D x: values and the gradients of x, dt, A, B, C and D."""
+    inputs, weights = scan_inputs(L=19, E=20)
+    D = torch.randn(20, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    want = reference_readout(*inputs, signed=False) + D * inputs[0]
+    got = native_scan(*inputs, D)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want_grads = torch.autograd.grad((want * weights).sum(), [*inputs, D])
+    grads = torch.autograd.grad((got * weights).sum(), [*inputs, D])
+    for name, grad, want_grad in zip("x dt A B C D".split(), grads, want_grads, strict=True):
+        torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
 @needs_native

@@ -199,7 +199,7 @@ class MambaMixer(nn.Module):
             states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
             y = readout(self.hook_ssm_state(states), C) + self.D * x
         elif scan == "native":
-            y = self._native_scan(x, dt, A, B, C, signed) + self.D * x
+            y = self._native_scan(x, dt, A, B, C, signed)
         elif not self._state_wanted() and scan == "fast":
             y = fused_selective_scan(x, dt, A, B, C, signed) + self.D * x
         elif not self._state_wanted():
@@ -215,15 +215,15 @@ class MambaMixer(nn.Module):
         return self.hook_out(self.out_proj(y * gate))
 
     def _native_scan(self, x, dt, A, B, C, signed: bool) -> torch.Tensor:
-        """y [batch, L, E] of the native scan, passing the trajectory through hook_ssm_state
-        when something hooks it."""
+        """y = C . h + D x [batch, L, E] of the native scan, passing the trajectory through
+        hook_ssm_state when something hooks it."""
         if not self._state_wanted():
-            return native_scan(x, dt, A, B, C, signed)
-        y, states = native_scan(x, dt, A, B, C, signed, with_states=True)
+            return native_scan(x, dt, A, B, C, self.D, signed)
+        y, states = native_scan(x, dt, A, B, C, self.D, signed, with_states=True)
         version = states._version
         hooked = self.hook_ssm_state(states)
         if hooked is not states or hooked._version != version:  # patched: read it out
-            return readout(hooked, C)
+            return readout(hooked, C) + self.D * x
         return y
 
     def _state_wanted(self) -> bool:

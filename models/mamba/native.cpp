@@ -1,6 +1,6 @@
 // The selective scan of models/mamba/scan.py as a C++ loop for CPUs:
 //
-//   h_t = a_t * h_{t-1} + dt_t x_t B_t,  y_t = C_t . h_t,
+//   h_t = a_t * h_{t-1} + dt_t x_t B_t,  y_t = C_t . h_t + D x_t,
 //   a_t = exp(dt_t A) ("positive") or 2 exp(dt_t A) - 1 ("signed").
 //
 // Work is split into tasks of one batch element and W = 16 channels; the channels are the
@@ -10,7 +10,7 @@
 // from checkpoints saved every K steps and accumulates every gradient in the same pass.
 //
 // Layouts (contiguous float32, E a multiple of W): x, dt, y [b, L, E]; B, C [b, L, N];
-// A_t [N, E] (A transposed); states [b, L, E, N]; checkpoints [b, ceil(L / K), N, E].
+// A_t [N, E] (A transposed); D [E]; states [b, L, E, N]; checkpoints [b, ceil(L / K), N, E].
 #include <torch/extension.h>
 
 #include <cmath>
@@ -62,8 +62,8 @@ inline void transition(const float* dt, const float* A, bool is_signed, float* a
 }  // namespace
 
 std::vector<torch::Tensor> scan_forward(torch::Tensor x, torch::Tensor dt, torch::Tensor A_t,
-                                        torch::Tensor B, torch::Tensor C, bool is_signed,
-                                        bool with_states) {
+                                        torch::Tensor B, torch::Tensor C, torch::Tensor D,
+                                        bool is_signed, bool with_states) {
   const Shape s{x.size(0), x.size(1), x.size(2), A_t.size(0), (x.size(1) + SEGMENT - 1) / SEGMENT};
   auto y = torch::empty_like(x);
   auto checkpoints = torch::empty({s.batch, s.segments, s.n_state, s.d_inner}, x.options());
@@ -71,6 +71,7 @@ std::vector<torch::Tensor> scan_forward(torch::Tensor x, torch::Tensor dt, torch
                              x.options());
   const float *px = x.data_ptr<float>(), *pdt = dt.data_ptr<float>();
   const float *pA = A_t.data_ptr<float>(), *pB = B.data_ptr<float>(), *pC = C.data_ptr<float>();
+  const float* pD = D.data_ptr<float>();
   float *py = y.data_ptr<float>(), *pck = checkpoints.data_ptr<float>();
   float* pstates = with_states ? states.data_ptr<float>() : nullptr;
   const int64_t blocks = s.d_inner / W;
@@ -92,7 +93,7 @@ std::vector<torch::Tensor> scan_forward(torch::Tensor x, torch::Tensor dt, torch
 #pragma omp simd
         for (int64_t j = 0; j < W; ++j) {
           drive[j] = dtt[j] * xt[j];
-          out[j] = 0.0f;
+          out[j] = pD[e0 + j] * xt[j];
         }
         for (int64_t n = 0; n < s.n_state; ++n) {
           const float Bn = pB[bt * s.n_state + n], Cn = pC[bt * s.n_state + n];
@@ -116,9 +117,9 @@ std::vector<torch::Tensor> scan_forward(torch::Tensor x, torch::Tensor dt, torch
 }
 
 // grad_y [b, L, E] and grad_states [b, L, E, N] may be empty (no gradient from them).
-// Returns grad_x, grad_dt [b, L, E], grad_A_t [N, E], grad_B, grad_C [b, L, N].
+// Returns grad_x, grad_dt [b, L, E], grad_A_t [N, E], grad_B, grad_C [b, L, N], grad_D [E].
 std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torch::Tensor A_t,
-                                         torch::Tensor B, torch::Tensor C,
+                                         torch::Tensor B, torch::Tensor C, torch::Tensor D,
                                          torch::Tensor checkpoints, torch::Tensor grad_y,
                                          torch::Tensor grad_states, bool is_signed) {
   const Shape s{x.size(0), x.size(1), x.size(2), A_t.size(0), checkpoints.size(1)};
@@ -126,10 +127,11 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
   auto grad_x = torch::empty_like(x), grad_dt = torch::empty_like(dt);
   auto grad_B = torch::empty_like(B), grad_C = torch::empty_like(C);
   auto grad_A_parts = torch::zeros({threads, s.n_state, s.d_inner}, x.options());  // per thread
+  auto grad_D_parts = torch::zeros({threads, s.d_inner}, x.options());
   const bool has_gy = grad_y.numel() > 0, has_gs = grad_states.numel() > 0;
   const float *px = x.data_ptr<float>(), *pdt = dt.data_ptr<float>();
   const float *pA = A_t.data_ptr<float>(), *pB = B.data_ptr<float>(), *pC = C.data_ptr<float>();
-  const float* pck = checkpoints.data_ptr<float>();
+  const float *pD = D.data_ptr<float>(), *pck = checkpoints.data_ptr<float>();
   const float* pgy = has_gy ? grad_y.data_ptr<float>() : nullptr;
   const float* pgs = has_gs ? grad_states.data_ptr<float>() : nullptr;
   float *pgx = grad_x.data_ptr<float>(), *pgdt = grad_dt.data_ptr<float>();
@@ -141,6 +143,7 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
   // are summed lane-wise over the blocks in a segment-sized buffer, then over lanes
   at::parallel_for(0, s.batch, 1, [=](int64_t first, int64_t last) {
     float* gA = grad_A_parts.data_ptr<float>() + at::get_thread_num() * s.n_state * s.d_inner;
+    float* gD = grad_D_parts.data_ptr<float>() + at::get_thread_num() * s.d_inner;
     // one segment: states (the one before it, then K), transitions and slopes, [k][n][W]
     std::vector<float> hs((SEGMENT + 1) * nw), as(SEGMENT * nw), g_blocks(blocks * nw);
     std::vector<float> slopes(is_signed ? SEGMENT * nw : 0);  // positive: the slope is a
@@ -209,7 +212,8 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
             }
 #pragma omp simd
             for (int64_t j = 0; j < W; ++j) {
-              pgx[bt * s.d_inner + e0 + j] = grad_drive[j] * dtt[j];
+              pgx[bt * s.d_inner + e0 + j] = grad_drive[j] * dtt[j] + gy[j] * pD[e0 + j];
+              gD[e0 + j] += gy[j] * xt[j];
               pgdt[bt * s.d_inner + e0 + j] = grad_dtA[j] + grad_drive[j] * xt[j];
             }
           }
@@ -227,7 +231,7 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor x, torch::Tensor dt, torc
       }
     }
   });
-  return {grad_x, grad_dt, grad_A_parts.sum(0), grad_B, grad_C};
+  return {grad_x, grad_dt, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0)};
 }
 
 // The mixer's causal depthwise convolution and SiLU, in the [b, L, E] layout of the scan:

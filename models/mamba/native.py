@@ -57,13 +57,13 @@ def native_error() -> str | None:
 
 class _NativeScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, signed, with_states):
+    def forward(ctx, x, dt, A, B, C, D, signed, with_states):
         width = x.shape[-1]
         pad = -width % _extension().lanes  # channels come in blocks of `lanes`
-        x, dt, A_t = (_pad_channels(t, pad) for t in (x, dt, A.t()))  # A_t [N, E]
+        x, dt, A_t, D = (_pad_channels(t, pad) for t in (x, dt, A.t(), D))  # A_t [N, E]
         B, C = B.contiguous(), C.contiguous()
-        y, checkpoints, states = _extension().scan_forward(x, dt, A_t, B, C, signed, with_states)
-        ctx.save_for_backward(x, dt, A_t, B, C, checkpoints)
+        y, checkpoints, states = _extension().scan_forward(x, dt, A_t, B, C, D, signed, with_states)
+        ctx.save_for_backward(x, dt, A_t, B, C, D, checkpoints)
         ctx.signed, ctx.width = signed, width
         ctx.set_materialize_grads(False)
         if pad:  # copies, not views: a hook may modify the trajectory in place
@@ -73,7 +73,7 @@ class _NativeScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_states=None):
-        x, dt, A_t, B, C, checkpoints = ctx.saved_tensors
+        x, dt, A_t, B, C, D, checkpoints = ctx.saved_tensors
         width, pad = ctx.width, x.shape[-1] - ctx.width
         empty = x.new_empty(0)
         grad_y = empty if grad_y is None else _pad_channels(grad_y, pad)
@@ -82,12 +82,12 @@ class _NativeScan(torch.autograd.Function):
         else:  # [b, L, E, N]: channels are the second to last axis
             grad_states = _pad_channels(grad_states.transpose(-1, -2), pad).transpose(-1, -2)
             grad_states = grad_states.contiguous()
-        grad_x, grad_dt, grad_A_t, grad_B, grad_C = _extension().scan_backward(
-            x, dt, A_t, B, C, checkpoints, grad_y, grad_states, ctx.signed
+        grad_x, grad_dt, grad_A_t, grad_B, grad_C, grad_D = _extension().scan_backward(
+            x, dt, A_t, B, C, D, checkpoints, grad_y, grad_states, ctx.signed
         )
         return (
             grad_x[..., :width], grad_dt[..., :width], grad_A_t[:, :width].t(), grad_B, grad_C,
-            None, None,
+            grad_D[:width], None, None,
         )  # fmt: skip
 
 
@@ -125,8 +125,10 @@ def native_conv_silu(x, weight, bias):
     return _NativeConvSilu.apply(x, weight, bias)
 
 
-def native_scan(x, dt, A, B, C, signed: bool = False, with_states: bool = False):
-    """y_t = C_t . h_t [batch, L, E] (without the D x skip) from x, dt [batch, L, E],
-    A [E, N], B, C [batch, L, N] (float32, CPU); with ``with_states`` also the trajectory
-    h [batch, L, E, N]. Same values and gradients as the reference scan."""
-    return _NativeScan.apply(x, dt, A, B, C, signed, with_states)
+def native_scan(x, dt, A, B, C, D=None, signed: bool = False, with_states: bool = False):
+    """y_t = C_t . h_t + D x_t [batch, L, E] from x, dt [batch, L, E], A [E, N],
+    B, C [batch, L, N] and D [E] (None: no skip term), float32 on CPU; with
+    ``with_states`` also the trajectory h [batch, L, E, N]. Same values and gradients as
+    the reference scan."""
+    D = x.new_zeros(x.shape[-1]) if D is None else D
+    return _NativeScan.apply(x, dt, A, B, C, D, signed, with_states)
