@@ -8,11 +8,16 @@ vectorised over units, on whatever device the inputs are on.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 
+from lab.native import build, build_error
+
 # Samples binned per step: a chunk's bin index and per-bin sums stay in cache.
 _CHUNK = 2**17
+# The C++ per-bin sums (CPU); where they cannot be built, a sparse product does the same.
+_NATIVE = ("cogmap_binning", Path(__file__).with_name("native.cpp"))
 
 
 def _pair(value) -> tuple:
@@ -98,22 +103,46 @@ def node_rate_maps(
             f"expected node [samples] and activity [samples, units], got {tuple(node.shape)} "
             f"and {tuple(activity.shape)}"
         )
+    if len(node) and (node.min() < 0 or node.max() >= n_nodes):
+        raise ValueError(
+            f"node indices must lie in [0, {n_nodes}), got {node.min().item()} to "
+            f"{node.max().item()}"
+        )
     maps, occupancy = _binned_means(node.long(), activity, n_nodes)
     return maps.to(activity.dtype), torch.where(occupancy > 0, occupancy, torch.nan).float()
 
 
 def _binned_means(index: torch.Tensor, activity: torch.Tensor, n_bins: int, chunk: int = _CHUNK):
     """Mean activity per bin for all units in one pass: (means [units, n_bins] with NaN
-    in empty bins, counts [n_bins]).
+    in empty bins, counts [n_bins]). Sums over ``chunk`` samples at a time are in the input
+    dtype (no float64 copy of all of activity), accumulated across chunks in float64."""
+    totals = _native_sums(index, activity, n_bins, chunk)
+    if totals is None:
+        totals = _sparse_sums(index, activity, n_bins, chunk)
+    counts = torch.bincount(index, minlength=n_bins).double()
+    means = torch.where(counts > 0, totals.T / counts.clamp(min=1), torch.nan)
+    return means, counts
 
-    Each chunk of samples is summed per bin as one sparse-dense product, B @ activity with
-    B [n_bins, chunk] the 0/1 bin membership (CSR, samples sorted by bin): every sample row
-    is read once, contiguously, at memory speed. Chunk sums are in the input dtype (no
-    float64 copy of all of activity) and are accumulated across chunks in float64.
-    """
-    units = activity.shape[1]
+
+def _native_sums(index, activity, n_bins: int, chunk: int) -> torch.Tensor | None:
+    """Per-bin sums [n_bins, units] (float64) by the C++ kernel (``native.cpp``): every
+    sample row read once, in order, each thread summing its samples into its own
+    accumulator. None where it does not apply (not a CPU float tensor, no compiler)."""
+    if activity.device.type != "cpu" or activity.dtype not in (torch.float32, torch.float64):
+        return None
+    if build_error(*_NATIVE) is not None:
+        return None
+    if activity.stride(1) != 1:
+        activity = activity.contiguous()
+    return build(*_NATIVE).binned_sums(index.long().contiguous(), activity, n_bins, chunk)
+
+
+def _sparse_sums(index, activity, n_bins: int, chunk: int) -> torch.Tensor:
+    """Per-bin sums [n_bins, units] (float64) as one sparse-dense product per chunk,
+    B @ activity with B [n_bins, chunk] the 0/1 bin membership (CSR, samples sorted by
+    bin); any device and dtype."""
     dtype = activity.dtype if activity.dtype in (torch.float32, torch.float64) else torch.float64
-    totals = activity.new_zeros(n_bins, units, dtype=torch.float64)
+    totals = activity.new_zeros(n_bins, activity.shape[1], dtype=torch.float64)
     for start in range(0, len(index), chunk):
         rows = index[start : start + chunk]
         counts = torch.bincount(rows, minlength=n_bins)
@@ -127,9 +156,7 @@ def _binned_means(index: torch.Tensor, activity: torch.Tensor, n_bins: int, chun
                 (n_bins, len(rows)),
             )
         totals += membership @ activity[start : start + chunk].to(dtype)
-    counts = torch.bincount(index, minlength=n_bins).double()
-    means = torch.where(counts > 0, totals.T / counts.clamp(min=1), torch.nan)
-    return means, counts
+    return totals
 
 
 def _gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:

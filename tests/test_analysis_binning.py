@@ -5,7 +5,9 @@ import pytest
 import torch
 from analysis_reference import rate_map
 
+import analysis.binning as binning
 from analysis.binning import node_rate_maps, rate_maps, spatial_information, variance_explained
+from lab.native import build_error
 
 
 def gaussian_cell(pos, centre, width):
@@ -43,11 +45,17 @@ def test_unvisited_bins_are_nan_and_smoothing_keeps_them_out():
     torch.testing.assert_close(flat[0, 0, 0], torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("path", ["native", "sparse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_rate_maps_match_per_unit_numpy_histograms(dtype):
-    """The sparse per-chunk sums against np.histogram2d and np.bincount, one unit at a
-    time: more samples than one chunk (2^17), bins never visited, signed activity, a
-    non-square grid and an extent that is not the unit square."""
+def test_rate_maps_match_per_unit_numpy_histograms(dtype, path, monkeypatch):
+    """The per-chunk sums (the C++ kernel, and the sparse product used where it cannot be
+    built) against np.histogram2d and np.bincount, one unit at a time: more samples than
+    one chunk (2^17), bins never visited, signed activity, a non-square grid and an extent
+    that is not the unit square."""
+    if path == "native" and build_error(*binning._NATIVE) is not None:
+        pytest.skip(f"the binning kernel cannot be built here: {build_error(*binning._NATIVE)}")
+    if path == "sparse":
+        monkeypatch.setattr(binning, "_native_sums", lambda *args: None)
     g = torch.Generator().manual_seed(3)
     samples = 2 * 2**17 + 123
     pos = torch.rand(samples, 2, generator=g, dtype=torch.float64) * torch.tensor([2.0, 0.5])
@@ -109,6 +117,11 @@ def test_sharp_field_carries_more_information_than_broad_one():
     info = spatial_information(maps, occupancy)
     assert info[0] > info[1] > info[2] > 0
     assert info[3] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_node_indices_out_of_range_are_named():
+    with pytest.raises(ValueError, match=r"node indices must lie in \[0, 3\), got 0 to 3"):
+        node_rate_maps(torch.tensor([0, 3]), torch.zeros(2, 1), n_nodes=3)
 
 
 def test_bad_shapes_are_named():

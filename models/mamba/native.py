@@ -1,6 +1,5 @@
 """The "native" scan: the selective scan as a C++ loop (``native.cpp``), built for this
-machine by torch.utils.cpp_extension on first use (about 30 s on 2 cores; cached afterwards
-in torch's extension directory, ``TORCH_EXTENSIONS_DIR``), with autograd Functions around
+machine on first use by :mod:`lab.native`, with autograd Functions around
 its forward and backward kernels; also the mixer's causal depthwise conv + SiLU.
 
 Work is split into tasks of one batch element and 16 channels, the channels being the
@@ -13,46 +12,24 @@ it cannot be built on a machine (the model then uses the "fast" scan).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from lab.native import build, build_error
+
 SOURCE = Path(__file__).with_name("native.cpp")
-# -fopenmp: at::parallel_for runs on OpenMP, and the shared object needs libgomp.so.1, which
-# resolves to the copy torch has already loaded (one thread pool for torch and the kernels)
-FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
-# vector instructions by the CPU capability torch detects (not -march=native: a build cached
-# in a home directory shared by different machines must run on each of them)
-VECTOR_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
-    "AVX2": ["-mavx2", "-mfma"],
-}
 
 
-@functools.cache
 def _extension():
-    from torch.utils import cpp_extension
-
-    capability = torch.backends.cpu.get_cpu_capability()
-    return cpp_extension.load(
-        name=f"cogmap_mamba_scan_{capability.lower()}", sources=[str(SOURCE)],
-        extra_cflags=FLAGS + VECTOR_FLAGS.get(capability, []), extra_ldflags=["-fopenmp"],
-    )  # fmt: skip
+    return build("cogmap_mamba_scan", SOURCE)
 
 
-@functools.cache
 def native_error() -> str | None:
-    """Why the native scan cannot be built here (no C++ compiler, no ninja...), found by
-    building it once; None where it can."""
-    try:
-        _extension()
-    except Exception as error:  # OSError, RuntimeError, subprocess errors of the build
-        message = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {message[0] if message else ''}"
-    return None
+    """Why the native scan cannot be built here (None: it can)."""
+    return build_error("cogmap_mamba_scan", SOURCE)
 
 
 class _NativeScan(torch.autograd.Function):
