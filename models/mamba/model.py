@@ -198,14 +198,20 @@ class MambaMixer(nn.Module):
             decay = transition(dt, A, signed)[0]  # [batch, L, E, N]
             states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
             y = readout(self.hook_ssm_state(states), C) + self.D * x
-        elif scan == "native":
-            y = self._native_scan(x, dt, A, B, C, signed)
-        elif not self._state_wanted() and scan == "fast":
-            y = fused_selective_scan(x, dt, A, B, C, signed) + self.D * x
         elif not self._state_wanted():
-            y = selective_scan(x, dt, A, B, C, signed, kernels=kernels) + self.D * x
+            if scan == "native":  # the kernel adds D x itself
+                y = native_scan(x, dt, A, B, C, self.D, signed)
+            elif scan == "fast":
+                y = fused_selective_scan(x, dt, A, B, C, signed) + self.D * x
+            else:
+                y = selective_scan(x, dt, A, B, C, signed, kernels=kernels) + self.D * x
         else:
-            y, states = selective_scan(x, dt, A, B, C, signed, kernels=kernels, with_states=True)
+            if scan == "native":
+                y, states = native_scan(x, dt, A, B, C, None, signed, with_states=True)
+            else:
+                y, states = selective_scan(
+                    x, dt, A, B, C, signed, kernels=kernels, with_states=True
+                )
             version = states._version
             hooked = self.hook_ssm_state(states)
             if hooked is not states or hooked._version != version:  # patched: read it out
@@ -213,18 +219,6 @@ class MambaMixer(nn.Module):
             y = y + self.D * x
         y = self.hook_ssm_out(y)
         return self.hook_out(self.out_proj(y * gate))
-
-    def _native_scan(self, x, dt, A, B, C, signed: bool) -> torch.Tensor:
-        """y = C . h + D x [batch, L, E] of the native scan, passing the trajectory through
-        hook_ssm_state when something hooks it."""
-        if not self._state_wanted():
-            return native_scan(x, dt, A, B, C, self.D, signed)
-        y, states = native_scan(x, dt, A, B, C, self.D, signed, with_states=True)
-        version = states._version
-        hooked = self.hook_ssm_state(states)
-        if hooked is not states or hooked._version != version:  # patched: read it out
-            return readout(hooked, C) + self.D * x
-        return y
 
     def _state_wanted(self) -> bool:
         """Whether a hook reads or patches the state trajectory (so it must exist):
