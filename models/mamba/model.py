@@ -249,8 +249,7 @@ class MambaMixer(nn.Module):
                 return "native"
             # "auto" warns once if the build fails, and not at all for a float64 or GPU
             # model (the fast scan is the one for those)
-            built = not reason.startswith("it cannot be built")
-            if requested != "auto" or (not built and reason not in _WARNED):
+            if requested != "auto" or (native_error() is not None and reason not in _WARNED):
                 _WARNED.add(reason)
                 warnings.warn(
                     f"scan={requested!r}: the native scan cannot run ({reason}); "
