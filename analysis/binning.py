@@ -99,11 +99,9 @@ def node_rate_maps(
             f"expected node [samples] and activity [samples, units], got {tuple(node.shape)} "
             f"and {tuple(activity.shape)}"
         )
-    if len(node) and (node.min() < 0 or node.max() >= n_nodes):
-        raise ValueError(
-            f"node indices must lie in [0, {n_nodes}), got {node.min().item()} to "
-            f"{node.max().item()}"
-        )
+    low, high = (node.min().item(), node.max().item()) if len(node) else (0, -1)
+    if low < 0 or high >= n_nodes:
+        raise ValueError(f"node indices must lie in [0, {n_nodes}), got {low} to {high}")
     maps, occupancy = _binned_means(node.long(), activity, n_nodes)
     return maps.to(activity.dtype), torch.where(occupancy > 0, occupancy, torch.nan).float()
 
