@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.census import CensusConfig, census_run, graph_raster
+from analysis.binning import graph_raster
+from analysis.census import CensusConfig, census_run
 from lab import provenance
 from lab.io import write_json
 from probes.cache import write_store
