@@ -1,8 +1,9 @@
 """Rate maps of many units at once, and how much of each unit position explains.
 
-Binning (occupancy-normalised rate maps over 2-D bins or graph nodes) and the scores read
-straight off a rate map: Skaggs spatial information and the correlation ratio η². Torch,
-vectorised over units, on whatever device the inputs are on.
+Binning (occupancy-normalised rate maps over 2-D bins or graph nodes, and a square raster
+of a graph's nodes to draw them on) and the scores read straight off a rate map: Skaggs
+spatial information and the correlation ratio η². Torch, vectorised over units, on whatever
+device the inputs are on.
 """
 
 from __future__ import annotations
@@ -104,6 +105,20 @@ def node_rate_maps(
         raise ValueError(f"node indices must lie in [0, {n_nodes}), got {low} to {high}")
     maps, occupancy = _binned_means(node.long(), activity, n_nodes)
     return maps.to(activity.dtype), torch.where(occupancy > 0, occupancy, torch.nan).float()
+
+
+def graph_raster(node_xy: torch.Tensor, per_unit: float) -> torch.Tensor:
+    """[n, n] long: the node drawn at each bin of a square raster of a graph whose nodes sit
+    at ``node_xy`` [nodes, 2] (edges of length 1), ``per_unit`` bins per unit of length: the
+    node nearest the bin's centre, -1 where no node is within 0.75 edge lengths."""
+    low = node_xy.double().min(0).values - 0.5
+    span = float((node_xy.max(0).values + 0.5 - low).max())
+    n = max(2, round(span * per_unit))
+    offsets = (torch.arange(n, dtype=torch.float64) + 0.5) * (span / n)
+    grid = torch.stack(torch.meshgrid(low[0] + offsets, low[1] + offsets, indexing="ij"), -1)
+    dist = (grid[:, :, None, :] - node_xy.double()).norm(dim=-1)  # [n, n, nodes]
+    nearest = dist.min(-1)
+    return torch.where(nearest.values <= 0.75, nearest.indices, -1)
 
 
 def _binned_means(index: torch.Tensor, activity: torch.Tensor, n_bins: int, chunk: int = _CHUNK):
@@ -212,6 +227,15 @@ def non_negative_rates(maps: torch.Tensor, signed: str) -> torch.Tensor:
     return torch.nan_to_num(rates, nan=0.0).clamp(min=0)
 
 
+def shifted(maps: torch.Tensor) -> torch.Tensor:
+    """Each map [units, *bins] minus its minimum over visited bins (signed activations ->
+    rates >= 0), unvisited bins kept NaN and the dtype kept (unlike
+    :func:`non_negative_rates`, for the field and gridness scores that read NaN as
+    unvisited)."""
+    low = torch.nan_to_num(maps, nan=torch.inf).flatten(1).amin(1)
+    return maps - low.view(-1, *([1] * (maps.ndim - 1)))
+
+
 def variance_explained(maps: torch.Tensor, occupancy: torch.Tensor, variance: torch.Tensor):
     """Share of each unit's variance explained by the bin it is in (correlation ratio η²).
 
@@ -230,3 +254,14 @@ def variance_explained(maps: torch.Tensor, occupancy: torch.Tensor, variance: to
     between = ((rates - mean[:, None]) ** 2) @ counts
     total = variance.double() * counts.sum()
     return torch.where(total > 0, between / total.clamp(min=1e-300), 0.0).to(maps.dtype)
+
+
+def eta2_of(maps_of):
+    """``act [n, units] -> η² [units]``: the share of each unit's variance explained by the
+    bins of ``maps_of(act) -> (maps, occupancy)`` (sign-agnostic tuning strength)."""
+
+    def eta2(act: torch.Tensor) -> torch.Tensor:
+        maps, occupancy = maps_of(act)
+        return variance_explained(maps, occupancy, act.var(0, unbiased=False))
+
+    return eta2

@@ -32,8 +32,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from analysis.binning import rate_maps, smooth_rate_maps
-from analysis.census import eta2_of, shifted
+from analysis.binning import eta2_of, rate_maps, shifted, smooth_rate_maps
 from analysis.gridness import grid_scores
 from analysis.stats import sequence_shift_null
 from analysis.temporal import time_fields

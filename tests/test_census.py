@@ -8,17 +8,25 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.census import CensusConfig, census_run, graph_raster
+from analysis.binning import graph_raster
+from analysis.census import SCORERS, CensusConfig, Label, Score, Scorer, census_run
+from analysis.census.run import check_labels
 from lab import provenance
 from lab.io import write_json
 from probes.cache import write_store
-from tasks import build_task
+from tasks import TuningMaps, build_task
 
 HOOK = "blocks.0.hook_resid_post"
 CONFIG = CensusConfig(n_shuffles=99, alpha=0.05, untrained=False)
 
 
 def synthetic_run(tmp_path, task_name, task_fields, units_of, n_batches=4, batch=64, seed=0):
+    """The census (cells, census tables) of :func:`write_synthetic_run`."""
+    write_synthetic_run(tmp_path, task_name, task_fields, units_of, n_batches, batch, seed)
+    return run_census(tmp_path)
+
+
+def write_synthetic_run(tmp_path, task_name, task_fields, units_of, n_batches=4, batch=64, seed=0):
     """A run directory whose "network" at HOOK has the units ``units_of(latents, g)``
     [batch, pos, units], over held-out batches of the task."""
     task = build_task(task_name, task_fields)
@@ -32,10 +40,12 @@ def synthetic_run(tmp_path, task_name, task_fields, units_of, n_batches=4, batch
     made_from = provenance.origin("probe", provenance.fingerprint(run), 0, probe={})
     with provenance.rewriting(tmp_path, ["activations"], made_from):
         write_store(shards, [HOOK], tmp_path / "activations")
-    census_run(tmp_path, CONFIG, progress=False)
-    cells = pd.read_csv(tmp_path / "cells.csv")
-    census = pd.read_csv(tmp_path / "census.csv")
-    return cells, census
+
+
+def run_census(run_dir):
+    """Census ``run_dir``; its (cells.csv, census.csv)."""
+    census_run(run_dir, CONFIG, progress=False)
+    return pd.read_csv(run_dir / "cells.csv"), pd.read_csv(run_dir / "census.csv")
 
 
 def labels(cells, label):
@@ -163,3 +173,21 @@ def test_track_fields_skewed_against_travel_are_measured(tmp_path):
     assert 0 in labels(cells, "place")
     pooled = census[census["hook"].isna()].set_index("metric")["value"]
     assert pooled["skew_against_travel"] > 0
+
+
+def test_a_scorer_gives_only_its_labels_and_the_scores_they_rest_on():
+    spec = TuningMaps("state", 3)
+    scorer = Scorer(TuningMaps, lambda *args: [], (Label("tuned", ("{latent}_eta2",)),))
+    value = torch.zeros(2)
+    check_labels("mine", scorer, spec, [Score("state_eta2", value, value, ["tuned", ""])])
+    with pytest.raises(ValueError, match=r"'mine' gave label\(s\) \['place'\] it does not"):
+        check_labels("mine", scorer, spec, [Score("state_eta2", value, value, ["place", ""])])
+    with pytest.raises(ValueError, match=r"'tuned' rests on score\(s\) \['state_eta2'\]"):
+        check_labels("mine", scorer, spec, [Score("state_eta2", value)])  # no null
+
+
+def test_a_map_no_scorer_serves_is_named(tmp_path, monkeypatch):
+    write_synthetic_run(tmp_path, "mess3", {}, lambda lat, g: noise(lat["step"].shape + (3,), g))
+    monkeypatch.delitem(SCORERS, "tuning")
+    with pytest.raises(ValueError, match=r"no census scorer serves TuningMaps\(latent="):
+        run_census(tmp_path)

@@ -4,19 +4,23 @@ and column a run writes."""
 
 import importlib.util
 import json
+import math
 import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from analysis.census import SCORERS
 from analysis.figures import FIGURES, draw_figure
 from models import MODELS
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
 from studies.preset import load_preset
 from tasks import TASKS
+from tests.test_census import labels, noise, run_census, write_synthetic_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").rglob("*.md"))
@@ -190,6 +194,55 @@ def test_the_model_template_runs_the_time_cells_study(tmp_path, monkeypatch):
     assert set(tables["probes"]["hook"]) == {"blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"}
     assert "time_eta2" in set(tables["cells"]["score"])
     assert "steering" in set(tables["causal"]["intervention"])
+
+
+def test_the_scorer_template_adds_a_label_and_changes_nothing_else(tmp_path, monkeypatch):
+    module = import_template(
+        guide_template("adding-a-metric.md", "scorer"), "selectivity", tmp_path, monkeypatch
+    )
+    value = torch.tensor([0, 0, 1, 1, 2, 2])
+    act = torch.tensor([[0.0, 2.0, 5.0, 7.0, 0.0, 2.0], [1.0] * 6, [4.0, 4.0, 0.0, 0.0, 0.0, 0.0]])
+    # preferred value 1: (6 - 1) / sqrt((1 + 1) / 2); constant; apart without spread
+    assert module.selectivity(act.T.double(), value, 3).tolist() == [5.0, 0.0, math.inf]
+
+    def units(lat, g):
+        state = lat["hidden_state"]
+        signal = torch.stack([(state == 0).double(), (state == 2).double()], -1)
+        return torch.cat([signal + noise(signal.shape, g, 0.1), noise(state.shape + (6,), g)], -1)
+
+    run_dir = tmp_path / "run"
+    write_synthetic_run(run_dir, "mess3", {}, units)
+    cells_before, census_before = run_census(run_dir)
+    monkeypatch.setitem(SCORERS, "selective", module.SELECTIVE_UNITS)
+    cells, census = run_census(run_dir)
+    pd.testing.assert_frame_equal(cells.iloc[: len(cells_before)], cells_before)
+    added = cells.iloc[len(cells_before) :]
+    assert set(added["score"]) == {"hidden_state_selectivity"}
+    assert {0, 1} <= labels(added, "selective")
+    assert len(labels(added, "selective") & set(range(2, 8))) <= 1
+    key = ["metric", "hook"]
+    census = census.fillna({"hook": ""}).set_index(key)["value"]
+    before = census_before.fillna({"hook": ""}).set_index(key)["value"]
+    pd.testing.assert_series_equal(census[before.index], before)
+    assert census[("frac_selective", "")] == len(labels(added, "selective")) / 8
+
+
+def test_the_glossary_labels_table_is_the_scorers_labels():
+    """Its rows name every label the registered scorers can give and, in "rests on", the
+    scores each rests on (``{latent}`` written ``<latent>``), and nothing else."""
+    text = (ROOT / "docs" / "glossary.md").read_text().split("## Labels", 1)[1]
+    section = text.split("\n## ")[0].splitlines()
+    rows = [line.split("|")[1:3] for line in section if line.startswith("|")]
+    table = {
+        CODE.findall(name)[0]: set(CODE.findall(scores))
+        for name, scores in rows[2:]  # after the header and its rule
+    }
+    declared = {}
+    for scorer in SCORERS.values():
+        for label in scorer.labels:
+            scores = {re.sub(r"\{(\w+)\}", r"<\1>", score) for score in label.scores}
+            declared.setdefault(label.name, set()).update(scores)
+    assert table == declared
 
 
 def test_the_glossary_check_catches_an_undocumented_name(tmp_path):
