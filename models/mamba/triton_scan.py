@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+from triton.runtime.interpreter import InterpretedFunction
 
 CHUNK = 16
 """Time steps between checkpoints (the backward recomputes this many at a time)."""
@@ -168,6 +169,11 @@ def _backward_kernel(
     tl.store(grad_A_ptr + b * slab + en, grad_A, mask=en_ok)
     tl.store(grad_D_ptr + b * d_inner + e, grad_D, mask=e_ok)
     tl.store(grad_h0_ptr + b * slab + en, g, mask=en_ok)  # dL/dh_{-1} = a_0 g_0
+
+
+INTERPRETED = isinstance(_forward_kernel, InterpretedFunction)
+"""Whether the kernels run through Triton's interpreter (TRITON_INTERPRET=1 at import):
+on CPU tensors, slowly."""
 
 
 def _blocks(d_inner: int, d_state: int, block_e: int | None) -> tuple[int, int]:
