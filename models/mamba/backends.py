@@ -215,6 +215,11 @@ class MambaSsmScan(ScanBackend):
 BACKENDS: dict[str, ScanBackend] = {
     backend.name: backend
     for backend in (
-        ReferenceScan(), FastScan(), NativeScan(), CompiledScan(), TritonScan(), MambaSsmScan(),
+        ReferenceScan(),
+        FastScan(),
+        NativeScan(),
+        CompiledScan(),
+        TritonScan(),
+        MambaSsmScan(),
     )  # fmt: skip
 }

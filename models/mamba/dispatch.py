@@ -179,7 +179,9 @@ def _trial(backend: ScanBackend, op: str, tensors: tuple, flags: tuple, grad: bo
             if candidate is not backend:
                 raise
             return f"{op} {stage} failed: {describe(error)}"
-        named = {n: None if o is None else o.detach() for n, o in zip(OP_OUTPUTS[op], outs)}
+        named = {
+            n: None if o is None else o.detach() for n, o in zip(OP_OUTPUTS[op], outs, strict=True)
+        }
         named.update(zip(wanted, grads, strict=False))  # no grads: forward only
         results.append(named)
     got, want = results

@@ -16,7 +16,10 @@ gradients of A and D in registers. Gradients of B and C (summed over channels) a
 per channel block and of A and D per batch element, and summed here, so results do not
 depend on the order in which programs run (no atomics). Steps past the end of the last
 chunk are masked: dt = 0 there, so a = 1 and the state and its gradient pass unchanged.
-Layouts: x, dt [batch, L, E] and B, C [batch, L, N] with unit stride on the last axis (any
+The kernels call Triton's builtins only (``tl.full``, ``tl.reduce``, not the jit helpers
+``tl.zeros``, ``tl.sum`` of triton.language): the interpreter runs those helpers only if
+TRITON_INTERPRET was set before Triton was first imported, and torch imports it at its own
+import. Layouts: x, dt [batch, L, E] and B, C [batch, L, N] with unit stride on the last axis (any
 other strides, e.g. the slices of in_proj's and x_proj's outputs), A [E, N], D [E],
 h0 [batch, E, N].
 """
@@ -31,6 +34,17 @@ from triton.runtime.interpreter import InterpretedFunction
 
 CHUNK = 16
 """Time steps between checkpoints (the backward recomputes this many at a time)."""
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(values, axis: tl.constexpr):
+    """``tl.sum`` (see the note on builtins above)."""
+    return tl.reduce(values, axis, _add)
 
 
 @triton.jit
@@ -63,7 +77,7 @@ def _forward_kernel(
     if HAS_H0:
         h = tl.load(h0_ptr + b * slab + en, mask=en_ok, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+        h = tl.full([BLOCK_E, BLOCK_N], 0.0, tl.float32)
     c = 0
     while c < n_chunks:  # (not range(n_chunks): the interpreter cannot index it on numpy 2.4)
         tl.store(checkpoints_ptr + (b * n_chunks + c) * slab + en, h, mask=en_ok)
@@ -77,7 +91,7 @@ def _forward_kernel(
             x, dt = x.to(tl.float32), dt.to(tl.float32)
             a, _ = _transition(dt[:, None] * A, SIGNED)
             h = a * h + (dt * x)[:, None] * Bt.to(tl.float32)[None, :]
-            y = tl.sum(h * Ct.to(tl.float32)[None, :], axis=1) + D * x
+            y = _sum(h * Ct.to(tl.float32)[None, :], axis=1) + D * x
             tl.store(y_ptr + (b * length + t) * d_inner + e, y, mask=e_ok & step_ok)
             if WITH_STATES:
                 tl.store(states_ptr + (b * length + t) * slab + en, h, mask=en_ok & step_ok)
@@ -111,9 +125,9 @@ def _backward_kernel(
     in_tile = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]
     # per channel block partial sums of grad_B, grad_C: [n_blocks, batch, L, N]
     bc_rows = (block * batch + b) * length
-    g = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)  # dL/dh_t through later steps
-    grad_A = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-    grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
+    g = tl.full([BLOCK_E, BLOCK_N], 0.0, tl.float32)  # dL/dh_t through later steps
+    grad_A = tl.full([BLOCK_E, BLOCK_N], 0.0, tl.float32)
+    grad_D = tl.full([BLOCK_E], 0.0, tl.float32)
     c = n_chunks - 1
     while c >= 0:
         h = tl.load(checkpoints_ptr + (b * n_chunks + c) * slab + en, mask=en_ok, other=0.0)
@@ -145,18 +159,18 @@ def _backward_kernel(
                 gy = gy.to(tl.float32)
                 h_t = tl.load(scratch + (k + 1) * tile + in_tile)
                 g += Ct.to(tl.float32)[None, :] * gy[:, None]
-                grad_C_t = tl.sum(h_t * gy[:, None], axis=0)
+                grad_C_t = _sum(h_t * gy[:, None], axis=0)
                 tl.store(grad_C_ptr + (bc_rows + t) * d_state + n, grad_C_t, mask=n_ok & step_ok)
                 grad_D += gy * x
             if HAS_GRAD_STATES:
                 gs = tl.load(grad_states_ptr + row * slab + en, mask=en_ok & step_ok, other=0.0)
                 g += gs.to(tl.float32)
             a, da = _transition(dt[:, None] * A, SIGNED)
-            grad_dtx = tl.sum(g * Bt[None, :], axis=1)  # dL/d(dt x)_t
-            grad_B_t = tl.sum(g * (dt * x)[:, None], axis=0)
+            grad_dtx = _sum(g * Bt[None, :], axis=1)  # dL/d(dt x)_t
+            grad_B_t = _sum(g * (dt * x)[:, None], axis=0)
             tl.store(grad_B_ptr + (bc_rows + t) * d_state + n, grad_B_t, mask=n_ok & step_ok)
             grad_decay = g * h_prev * da  # dL/d(dt A)_t
-            grad_dt = tl.sum(grad_decay * A, axis=1) + grad_dtx * x
+            grad_dt = _sum(grad_decay * A, axis=1) + grad_dtx * x
             grad_x = grad_dtx * dt
             if HAS_GRAD_Y:
                 grad_x += D * gy
@@ -201,6 +215,7 @@ class _TritonScan(torch.autograd.Function):
         A, D = A.float().contiguous(), D.float().contiguous()
         (batch, length, d_inner), d_state = x.shape, A.shape[1]
         block_e, block_n = _blocks(d_inner, d_state, block_e)
+        chunk = min(chunk, triton.next_power_of_2(length))  # no masked steps past short inputs
         n_chunks = triton.cdiv(length, chunk)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         states = x.new_empty(batch, length, d_inner, d_state) if with_states else y
@@ -261,6 +276,6 @@ def triton_scan(
     B, C [batch, L, N], D [E] and the state before the first step h0 [batch, E, N] (None:
     zeros); with ``with_states`` also the trajectory h [batch, L, E, N]. Same values and
     gradients (of every input, h0 included) as the reference scan, to float32 rounding.
-    ``chunk`` (steps between checkpoints) and ``block_e`` (channels per program, a power
-    of two) only change the schedule."""
+    ``chunk`` (steps between checkpoints, at most the length rounded up to a power of two)
+    and ``block_e`` (channels per program, a power of two) only change the schedule."""
     return _TritonScan.apply(x, dt, A, B, C, D, h0, signed, with_states, chunk, block_e)
