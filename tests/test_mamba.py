@@ -843,6 +843,7 @@ def train_steps(model, scan, steps=3):
     """Logits of the first step and every parameter after ``steps`` AdamW steps."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     tokens = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(next(model.parameters()).device)
     first = None
     for _ in range(steps):
         logits = model(tokens, scan=scan)
@@ -922,3 +923,83 @@ def test_collecting_the_tests_builds_and_compiles_nothing(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert list(extensions.iterdir()) == [] and list(inductor.iterdir()) == []
+
+
+# ---- on a GPU (make test-gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("signed", [False, True])
+def test_triton_scan_on_cuda_equals_reference(triton_scan, signed):
+    """The compiled kernels at a model's sizes: 300 steps (checkpoints every 16, a partial
+    last chunk), 80 channels in several programs, 16 states, from an initial state."""
+    for with_states in (False, True):
+        scan = triton_as(triton_scan, signed, with_states)
+        assert_matches_reference_with_states(
+            scan, signed, rtol=1e-4, atol=1e-4, b=3, L=300, E=80, N=16, device="cuda"
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("eigenvalues", ["positive", "signed"])
+def test_auto_trains_mamba_on_cuda_with_the_labs_training_loop(tmp_path, eigenvalues):
+    """What died on a GPU machine without mamba-ssm: a Mamba run of models.train with
+    scan "auto" trains to the end (mamba-ssm where it serves the call, else the Triton
+    scan, which must pass its trial: no warning of a kernel that cannot run)."""
+    from models.run import resolve_run
+    from models.train import TrainConfig, train
+
+    config = vars(TrainConfig(steps=30, log_every=10, eval_every=30, batch_size=16, device="cuda"))
+    keys = {"experiment": "gpu", "study": "unit", "condition": "c", "seed": 0, "model": "mamba"}
+    task = {"width": 3, "height": 3, "n_steps": 32}
+    fields = {"d_model": 32, "eigenvalues": eigenvalues}
+    run = resolve_run(keys, "graph_nav", task, "mamba", fields, None, config)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        summary = train(run, tmp_path / "run", progress=False)
+    failed = [str(w.message) for w in record if "the triton scan cannot run" in str(w.message)]
+    assert failed == []
+    assert summary["steps"] == 30
+    served = {name for name, op, call in dispatch.VERDICTS.tried if call.device == "cuda"}
+    assert served & {"cuda", "triton"}, dispatch.VERDICTS
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_hooked", [False, True])
+def test_compiled_and_triton_scans_agree_with_reference_on_cuda(state_hooked):
+    """Both GPU paths of the lab's own, through the model, with no fallback: the compiled
+    chunk kernels must trace under this torch's Dynamo."""
+    model = MambaLM(MambaConfig(**{**CONFIG.__dict__, "eigenvalues": "signed"})).cuda()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*cannot run")
+        assert_backends_agree(model, ("reference", "triton", "compiled"), state_hooked)
+
+
+@pytest.mark.gpu
+def test_a_triton_kernel_failing_on_cuda_falls_back(monkeypatch, triton_scan):
+    """A launch failure of the real backward kernel on CUDA, injected: the trial catches
+    it, one warning names it, and the step runs on the next backend (compiled, here made
+    unusable, then fast) with fast's results."""
+    import models.mamba.triton_scan as kernels
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("triton.runtime.errors.OutOfResources: shared memory")
+
+    monkeypatch.setattr(kernels, "_backward_kernel", _Launcher(fails))
+    monkeypatch.setitem(BACKENDS, "compiled", Broken("build"))
+    model = MambaLM(CONFIG).cuda()
+    with pytest.warns(UserWarning, match=r"the triton scan cannot run \(scan backward failed"):
+        got = train_steps(model, "triton")
+    want = train_steps(MambaLM(CONFIG).cuda(), "fast")
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+class _Launcher:
+    """Stands for a jit kernel: ``kernel[grid](...)`` calls ``launch``."""
+
+    def __init__(self, launch):
+        self.launch = launch
+
+    def __getitem__(self, grid):
+        return self.launch
