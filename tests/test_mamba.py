@@ -1003,3 +1003,42 @@ class _Launcher:
 
     def __getitem__(self, grid):
         return self.launch
+
+
+@pytest.mark.parametrize(
+    "scan", ["fast", "auto", "triton", pytest.param("compiled", marks=pytest.mark.slow)]
+)
+def test_forward_from_a_stepped_state_continues_the_sequence(request, scan):
+    """model(rest, state=...) from the stepper's state after step t - 1 (patched there, so
+    not a state the model reached by itself) gives the logits of the step-by-step rollout
+    from step t on; gradients reach the given state as in the reference scan."""
+    request.getfixturevalue({"compiled": "compiler", "triton": "triton_scan"}.get(scan, "native"))
+    from models.stepping import stepper_for
+    from probes.causal.patching import rollout
+
+    model = MambaLM(CONFIG).to(DEVICE if scan == "triton" else "cpu")
+    device = next(model.parameters()).device
+    x, t = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(0)), 5
+    x = x.to(device)
+    names = list(stepper_for(model).state_shapes)
+    h = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(1)).to(device)
+    out = rollout(model, x, patches={t - 1: {"blocks.0.mixer.hook_ssm_state": h}}, record=names)
+    state = {name: out.states[name][:, t - 1].requires_grad_() for name in names}
+    got = model(x[:, t:], scan=scan, state=state)
+    torch.testing.assert_close(got, out.logits[:, t:], atol=2e-5, rtol=1e-4)
+    grads = torch.autograd.grad(got.square().sum(), list(state.values()))
+    want = model(x[:, t:], scan="reference", state=state)
+    want_grads = torch.autograd.grad(want.square().sum(), list(state.values()))
+    for name, grad, want_grad in zip(names, grads, want_grads, strict=True):
+        torch.testing.assert_close(grad, want_grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_wrong_state_is_named():
+    model = MambaLM(CONFIG)
+    x = torch.randint(0, 11, (2, 4))
+    state = {"blocks.0.mixer.conv_state": torch.zeros(2, 32, 4)}
+    with pytest.raises(KeyError, match=r"no 'blocks.0.mixer.hook_ssm_state'"):
+        model(x, state=state)
+    state["blocks.0.mixer.hook_ssm_state"] = torch.zeros(2, 8, 32)
+    with pytest.raises(ValueError, match=r"expected shape \(2, 32, 8\) \(\[batch, d_inner, d_s"):
+        model(x, state=state)

@@ -4,7 +4,8 @@ falling back, with one warning per reason, when one cannot.
 A request names a backend or "auto"; it becomes a chain of backends tried in order:
 
   auto on CUDA        cuda (mamba-ssm) -> triton -> compiled -> fast
-  auto on CPU         native -> fast (float32; other dtypes: fast, which is their scan)
+  auto on CPU         native -> fast (float32 from zeros; other dtypes and calls from an
+                      initial state, which native does not take: fast)
   a backend in the    that backend and the rest of the chain after it
   device's auto chain
   any other backend   that backend -> fast ("reference" and "fast" alone: they serve all)
@@ -41,7 +42,7 @@ OP_OUTPUTS = {"conv_silu": ("out",), "scan": ("y", "states")}
 def auto_chain(call: ScanCall) -> tuple[str, ...]:
     if call.device == "cuda":
         return ("cuda", "triton", "compiled", "fast")
-    if call.device == "cpu" and call.dtype == torch.float32:
+    if call.device == "cpu" and call.dtype == torch.float32 and not call.initial_state:
         return ("native", "fast")
     return ("fast",)
 

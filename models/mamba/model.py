@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -144,23 +145,33 @@ class MambaMixer(nn.Module):
         ):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, hidden: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, scan: str | None = None, initial: tuple | None = None
+    ) -> torch.Tensor:
+        """[batch, L, d_model] -> [batch, L, d_model]; ``initial``: (conv window
+        [batch, E, d_conv], SSM state [batch, E, N]) after a previous step to continue
+        from (None: the start of a sequence)."""
         c = self.cfg
+        length = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, L, E] each
         x = self.hook_x(x)
         gate = self.hook_gate(F.silu(z))
         signed, with_states = c.eigenvalues == "signed", self._state_wanted()
+        window, h0 = initial if initial is not None else (None, None)
         call = ScanCall(
-            x.device.type, x.dtype, signed, with_states, initial_state=False,
+            x.device.type, x.dtype, signed, with_states, initial_state=h0 is not None,
             grad=torch.is_grad_enabled() and x.requires_grad,
         )  # fmt: skip
         backend = choose_scan(scan or c.scan, call)
-        x = self.hook_conv(backend.conv_silu(x, self.conv1d.weight, self.conv1d.bias))
+        if window is not None:  # the window's last d_conv - 1 inputs precede this call's
+            x = torch.cat([rearrange(window[..., 1:], "b e k -> b k e").to(x.dtype), x], 1)
+        x = backend.conv_silu(x, self.conv1d.weight, self.conv1d.bias)
+        x = self.hook_conv(x[:, x.shape[1] - length :])  # [batch, L, E]
         dt_low, B, C = self.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
         dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))  # [batch, L, E]
         B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)  # [batch, L, N]
         A = -torch.exp(self.A_log.float())  # [E, N]
-        y, states = backend.scan(x, dt, A, B, C, self.D, None, signed, with_states)
+        y, states = backend.scan(x, dt, A, B, C, self.D, h0, signed, with_states)
         if with_states:  # [batch, L, E, N]
             version = states._version
             hooked = self.hook_ssm_state(states)
@@ -187,9 +198,11 @@ class MambaBlock(nn.Module):
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scan: str | None = None, initial: tuple | None = None
+    ) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        return self.hook_resid_post(x + self.mixer(self.norm(x), scan))
+        return self.hook_resid_post(x + self.mixer(self.norm(x), scan, initial))
 
 
 class MambaLM(HookedRootModule):
@@ -208,8 +221,32 @@ class MambaLM(HookedRootModule):
         self.hook_embed = HookPoint()
         self.setup()
 
-    def forward(self, inputs: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+    def forward(
+        self, inputs: torch.Tensor, scan: str | None = None, state: dict | None = None
+    ) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab_out] of token ids [batch, pos] or features
+        [batch, pos, d_input]. ``state``: continue a sequence from the state after a
+        previous step, named as :mod:`models.stepping` names it
+        (``blocks.{i}.mixer.conv_state`` [batch, E, d_conv], ``blocks.{i}.mixer.hook_ssm_state``
+        [batch, E, N]; a stepper's state, patched or not), in one pass at scan speed."""
         x = self.hook_embed(self.embed(inputs))
-        for block in self.blocks:
-            x = block(x, scan)
+        for i, block in enumerate(self.blocks):
+            x = block(x, scan, None if state is None else self._initial(state, i, x))
         return self.unembed(self.norm_f(x))
+
+    def _initial(self, state: dict, layer: int, x: torch.Tensor) -> tuple:
+        """(conv window, SSM state) of ``layer`` from ``state``, checked."""
+        c, batch = self.cfg, x.shape[0]
+        shapes = {
+            f"blocks.{layer}.mixer.conv_state": ((batch, c.d_inner, c.d_conv), "d_conv"),
+            f"blocks.{layer}.mixer.hook_ssm_state": ((batch, c.d_inner, c.d_state), "d_state"),
+        }
+        for name, (shape, last) in shapes.items():
+            if name not in state:
+                raise KeyError(f"state has no {name!r} (got {sorted(state)})")
+            if tuple(state[name].shape) != shape:
+                raise ValueError(
+                    f"state {name!r}: expected shape {shape} ([batch, d_inner, {last}]), "
+                    f"got {tuple(state[name].shape)}"
+                )
+        return tuple(state[name] for name in shapes)
