@@ -78,8 +78,11 @@ def _forward_kernel(
         h = tl.load(h0_ptr + b * slab + en, mask=en_ok, other=0.0).to(tl.float32)
     else:
         h = tl.full([BLOCK_E, BLOCK_N], 0.0, tl.float32)
-    c = 0
-    while c < n_chunks:  # (not range(n_chunks): the interpreter cannot index it on numpy 2.4)
+    # chunk loops are while loops: Triton's interpreter cannot take range(n_chunks) of a
+    # runtime argument on numpy >= 2.4
+    remaining = n_chunks
+    while remaining > 0:
+        c = n_chunks - remaining
         tl.store(checkpoints_ptr + (b * n_chunks + c) * slab + en, h, mask=en_ok)
         for k in range(CHUNK):
             t = c * CHUNK + k
@@ -95,7 +98,7 @@ def _forward_kernel(
             tl.store(y_ptr + (b * length + t) * d_inner + e, y, mask=e_ok & step_ok)
             if WITH_STATES:
                 tl.store(states_ptr + (b * length + t) * slab + en, h, mask=en_ok & step_ok)
-        c += 1
+        remaining -= 1
 
 
 @triton.jit
@@ -242,7 +245,8 @@ class _TritonScan(torch.autograd.Function):
         block_e, block_n = ctx.blocks
         n_blocks, n_chunks = triton.cdiv(d_inner, block_e), checkpoints.shape[1]
         f32 = {"dtype": torch.float32}
-        grad_x, grad_dt = torch.empty_like(x), torch.empty_like(dt)
+        contiguous = {"memory_format": torch.contiguous_format}  # the kernel's layout
+        grad_x, grad_dt = torch.empty_like(x, **contiguous), torch.empty_like(dt, **contiguous)
         # zeros where no gradient reaches them (no grad_y: C has none)
         grad_B = x.new_empty(n_blocks, batch, length, d_state, **f32)
         grad_C = (x.new_empty if grad_y is not None else x.new_zeros)(grad_B.shape, **f32)
