@@ -152,7 +152,6 @@ class MambaMixer(nn.Module):
         [batch, E, d_conv], SSM state [batch, E, N]) after a previous step to continue
         from (None: the start of a sequence)."""
         c = self.cfg
-        length = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, L, E] each
         x = self.hook_x(x)
         gate = self.hook_gate(F.silu(z))
@@ -166,7 +165,9 @@ class MambaMixer(nn.Module):
         if window is not None:  # the window's last d_conv - 1 inputs precede this call's
             x = torch.cat([rearrange(window[..., 1:], "b e k -> b k e").to(x.dtype), x], 1)
         x = backend.conv_silu(x, self.conv1d.weight, self.conv1d.bias)
-        x = self.hook_conv(x[:, x.shape[1] - length :])  # [batch, L, E]
+        if window is not None:  # and their outputs are dropped
+            x = x[:, c.d_conv - 1 :]
+        x = self.hook_conv(x)  # [batch, L, E]
         dt_low, B, C = self.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
         dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))  # [batch, L, E]
         B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)  # [batch, L, N]
