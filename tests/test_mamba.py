@@ -1052,7 +1052,8 @@ def test_forward_from_a_stepped_state_continues_the_sequence(request, scan):
     """model(rest, state=...) from the stepper's state after step t - 1 (patched there, so
     not a state the model reached by itself) gives the logits of the step-by-step rollout
     from step t on; gradients reach the given state as in the reference scan."""
-    request.getfixturevalue({"compiled": "compiler", "triton": "triton_scan"}.get(scan, "native"))
+    if scan in ("compiled", "triton"):  # skip where they cannot run
+        request.getfixturevalue({"compiled": "compiler", "triton": "triton_scan"}[scan])
     from models.stepping import stepper_for
     from probes.causal.patching import rollout
 
