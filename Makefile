@@ -64,8 +64,14 @@ test: ## Fast test suite (CPU, a few minutes)
 test-slow: ## Tests marked slow (longer training runs)
 	$(PY) -m pytest -m slow
 
-test-gpu: ## Tests that need CUDA (skipped without a GPU)
-	$(PY) -m pytest -m gpu -rs
+test-gpu: ## On a GPU machine, in under 3 min: Mamba's GPU scans, fallbacks, a CUDA training run; the GPU analysis
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'test-gpu: torch sees no CUDA device')"
+	@echo "== the Triton scan's tests, compiled on CUDA (limit 60 s)"
+	timeout 60 $(PY) -m pytest -q -rs --durations=3 tests/test_mamba.py -k "(triton or initial_state) and not compile_for_the_gpu"
+	@echo "== CUDA-marked Mamba tests: scans vs reference, fallback, models.train with scan=auto (limit 90 s)"
+	timeout 90 $(PY) -m pytest -m gpu -q -rs --durations=5 tests/test_mamba.py
+	@echo "== the other CUDA-marked tests (limit 30 s)"
+	timeout 30 $(PY) -m pytest -m gpu -q -rs --durations=3 --ignore=tests/test_mamba.py
 
 notebooks: ## Generate notebooks/*.ipynb from their jupytext sources and execute them (smoke preset)
 	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9][0-9]_*.py

@@ -2,7 +2,7 @@
 would pick instead (mambapy's pscan, HF transformers' MambaForCausalLM slow path), and the
 transformer and LSTM at the same parameter count, on CPU.
 
-    .venv/bin/python benchmarks/bench_mamba.py [--quick] [--threads 2] [--rounds 7]
+    .venv/bin/python benchmarks/bench_mamba.py [--quick] [--gpu] [--threads 2] [--rounds 7]
         [--baseline 07226f4]
 
 One step = forward + backward + AdamW at batch 64 x seq 128, d_model 64, 2 layers,
@@ -18,6 +18,13 @@ Then: build time of the "native" scan (fresh and warm extension directory), comp
 the "compiled" scan (fresh and warm Inductor cache), the reference
 scan today vs now, peak RSS per model (each in its own subprocess) and the fast paths
 against sequence length.
+
+On a CUDA device (``--gpu`` for that section alone; on CPU it prints that it is skipped):
+the selective scan alone, forward + backward at batch 64, d_inner 128, d_state 16 and
+128 / 512 steps — the lab's Triton scan with and without the trajectory, mamba-ssm's
+``selective_scan_fn`` where it imports, the chunked scans eager and compiled — and then
+one training step of the model on the GPU with each scan, unhooked and with
+``hook_ssm_state`` hooked (target: hooked within 1.5x of unhooked).
 """
 
 from __future__ import annotations
@@ -203,6 +210,112 @@ def _sub(*args, env: dict | None = None):
 SUBCOMMANDS = {"time": time_rounds, "compile": compile_seconds, "memory": memory}
 
 
+def gpu_scan_steps(seq: int) -> dict:
+    """Forward + backward of each GPU scan at batch 64, d_inner 128, d_state 16, ``seq``
+    steps (synchronised): {name: step}."""
+    import torch
+
+    from models.mamba.backends import BACKENDS
+    from models.mamba.scan import selective_scan
+    from models.mamba.triton_scan import triton_scan
+
+    batch, d_inner, d_state = 64, 128, 16
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        t = torch.rand(*shape, device="cuda", generator=g) * scale + shift
+        return t.requires_grad_()
+
+    x, dt = rand(batch, seq, d_inner, scale=2, shift=-1), rand(batch, seq, d_inner, scale=0.1)
+    A, D = rand(d_inner, d_state, scale=-4), rand(d_inner)
+    B, C = rand(batch, seq, d_state, scale=2, shift=-1), rand(batch, seq, d_state, scale=2)
+    inputs = (x, dt, A, B, C, D)
+
+    def step(scan):
+        def run():
+            out = scan()
+            loss = sum(o.square().mean() for o in (out if isinstance(out, tuple) else (out,)))
+            torch.autograd.grad(loss, inputs, allow_unused=True)
+            torch.cuda.synchronize()
+
+        return run
+
+    steps = {
+        "triton": step(lambda: triton_scan(*inputs)),
+        "triton, trajectory": step(lambda: triton_scan(*inputs, with_states=True)),
+        "chunked, eager": step(lambda: selective_scan(x, dt, A, B, C) + D * x),
+        "chunked, compiled": step(
+            lambda: BACKENDS["compiled"].scan(x, dt, A, B, C, D, None, False, False)[0]
+        ),
+    }
+    selective_scan_fn = BACKENDS["cuda"].kernel("selective_scan_fn")
+    if selective_scan_fn is not None:
+        layout = [t.transpose(1, 2).contiguous().detach().requires_grad_() for t in (x, dt, B, C)]
+        steps["mamba-ssm"] = step(
+            lambda: selective_scan_fn(layout[0], layout[1], A, layout[2], layout[3], D)
+        )
+    return steps
+
+
+def gpu_model_steps(seq: int) -> dict:
+    """One training step (fwd + bwd + AdamW) of the model on CUDA with each GPU scan, and
+    with hook_ssm_state hooked ("+state"), synchronised: {name: step}."""
+    import torch
+
+    import models.mamba as ours
+    from models.mamba.backends import BACKENDS
+
+    tokens = torch.randint(0, VOCAB, (64, seq), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.cuda()
+    scans = ["triton", "compiled", "fast"]
+    if BACKENDS["cuda"].kernel("selective_scan_fn") is not None:
+        scans.insert(0, "cuda")
+    steps = {}
+    for scan in scans:
+        for state in ("", "+state"):
+            if scan == "cuda" and state:
+                continue  # mamba-ssm's kernel does not return the trajectory
+            model = ours.MambaLM(mamba_config(ours, scan)).cuda()
+            if state:
+                for block in model.blocks:
+                    block.mixer.hook_ssm_state.add_hook(lambda act, hook: act)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+            def run(model=model, optimizer=optimizer):
+                logits = model(tokens)
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                torch.cuda.synchronize()
+
+            steps[scan + state] = run
+    return steps
+
+
+def gpu_section(rounds: int) -> None:
+    """The GPU scans against each other and mamba-ssm (CUDA only)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("\nGPU scans (triton, mamba-ssm, compiled): skipped, torch sees no CUDA device")
+        return
+    print(f"\nGPU scans on {torch.cuda.get_device_name()}, {rounds} interleaved rounds")
+    for seq in (128, 512):
+        timings = interleaved(gpu_scan_steps(seq), rounds=rounds, warmup=2)
+        baseline = "mamba-ssm" if "mamba-ssm" in timings else "triton"
+        title = f"selective scan fwd + bwd, batch 64 x {seq}, d_inner 128, d_state 16"
+        print_table(timings, baseline=baseline, work=64 * seq, unit="tok", title=title)
+    for seq in (128, 512):
+        timings = interleaved(gpu_model_steps(seq), rounds=rounds, warmup=2)
+        baseline = "cuda" if "cuda" in timings else "triton"
+        title = f"training step on the GPU, batch 64 x {seq} ('cuda' is mamba-ssm's kernel)"
+        print_table(timings, baseline=baseline, work=64 * seq, unit="tok", title=title)
+        for scan in ("triton", "compiled", "fast"):
+            slowdown = 1 / ratio(timings, scan + "+state", scan)
+            print(f"    {scan + '+state':<16} {slowdown:5.2f}x the time of {scan} (target <= 1.5)")
+
+
 def report(timings: dict[str, Timing], tokens: int) -> None:
     print_table(timings, baseline="today-fast", work=tokens, unit="tok")
     print("  targets (median per-round speed-up; worst round's throughput vs the median):")
@@ -219,6 +332,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
     parser.add_argument("--baseline", default="07226f4", help="git commit of 'today'")
+    parser.add_argument("--gpu", action="store_true", help="only the GPU section (CUDA)")
     parser.add_argument("--sub", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sub:
@@ -226,6 +340,9 @@ def main() -> None:
         print(json.dumps(SUBCOMMANDS[kind](*rest)))
         return
     rounds = 3 if args.quick else args.rounds
+    if args.gpu:
+        gpu_section(rounds)
+        return
     names = TODAY + OURS + [n for n in ANCHORS if not (args.quick and n == "hf-slow")]
     tokens = 64 * 128
     print(
@@ -266,6 +383,7 @@ def main() -> None:
     )  # fmt: skip
     timings = {name: Timing(name, seconds) for name, seconds in rows.items()}
     print_table(timings, baseline="today-reference", work=tokens, unit="tok")
+    gpu_section(rounds)
     if args.quick:
         return
 

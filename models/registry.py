@@ -16,6 +16,7 @@ from torch import nn
 
 from models.lstm import HookedLSTM, LSTMConfig
 from models.mamba import MambaConfig, MambaLM
+from models.stepping import LSTMStepper, MambaStepper, Stepper, TransformerStepper
 from models.transformer import TransformerConfig, build_transformer
 
 MODELS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
@@ -23,6 +24,13 @@ MODELS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
     "lstm": (LSTMConfig, HookedLSTM),
     "mamba": (MambaConfig, MambaLM),
 }
+STEPPERS: dict[str, type[Stepper]] = {
+    "transformer": TransformerStepper,
+    "lstm": LSTMStepper,
+    "mamba": MambaStepper,
+}
+"""Each architecture's stepper (:mod:`models.stepping`): the model one time step at a time
+from an explicit state, for state patching through time (``probes.causal.patching``)."""
 
 
 def model_config(name: str, fields: dict[str, Any] | None = None):

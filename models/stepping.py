@@ -1,5 +1,6 @@
-"""Run any of the three architectures one time step at a time from an explicit state, so
-that a state can be read and rewritten at a step and the edit carried forward in time.
+"""Run any registered architecture one time step at a time from an explicit state, so that
+a state can be read and rewritten at a step and the edit carried forward in time. Each
+architecture's :class:`Stepper` is registered beside it (``models.registry.STEPPERS``).
 
 A hook edit in a full forward pass (``run_with_hooks``) cannot do this for a recurrent
 model: the later steps were computed from the unedited value. A stepper reads the model's
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformer_lens import TransformerBridge
 
 from models.lstm import HookedLSTM
 from models.mamba import MambaLM
@@ -68,8 +70,11 @@ def apply_edit(name: str, value: torch.Tensor, edits: Edits) -> torch.Tensor:
 
 
 class Stepper:
-    """One architecture's step function. ``state_shapes``: name -> shape without batch."""
+    """One architecture's step function, registered beside it in
+    ``models.registry.STEPPERS``. ``steps``: the model class it steps; ``state_shapes``:
+    name -> shape without batch."""
 
+    steps: type
     state_shapes: dict[str, tuple[int, ...]]
 
     def start(self, batch_size: int):
@@ -84,6 +89,9 @@ class Stepper:
     def read(self, state) -> dict[str, torch.Tensor]:
         """Every state value after the last step: name -> [batch, *shape]."""
         raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise if this stepper cannot be trusted with its model (nothing to check here)."""
 
 
 class RecurrentStepper(Stepper):
@@ -126,6 +134,8 @@ class RecurrentStepper(Stepper):
 
 
 class LSTMStepper(RecurrentStepper):
+    steps = HookedLSTM
+
     def __init__(self, model: HookedLSTM):
         for block in model.blocks:
             lstm = block.lstm
@@ -164,6 +174,8 @@ class MambaStepper(RecurrentStepper):
     """The recurrence of :class:`models.mamba.MambaMixer` (mamba-ssm's ``step``):
     conv window -> SiLU -> (dt, B, C) -> h_t = a_t h_{t-1} + dt B x_t -> C.h + D x, with
     a_t = exp(dt A) or, for ``eigenvalues="signed"``, 2 exp(dt A) - 1."""
+
+    steps = MambaLM
 
     def __init__(self, model: MambaLM):
         self.model = model
@@ -210,7 +222,11 @@ class TransformerState:
 
 
 class TransformerStepper(Stepper):
-    def __init__(self, model):
+    """Steps by the model's own forward pass over the prefix: nothing to check."""
+
+    steps = TransformerBridge
+
+    def __init__(self, model: TransformerBridge):
         self.model = model
         cfg = model.cfg
         self.n_ctx = cfg.n_ctx
@@ -257,16 +273,17 @@ class TransformerStepper(Stepper):
 
 
 def stepper_for(model) -> Stepper:
-    """The stepper of ``model`` (an LSTM, a Mamba or a transformer of this lab). Recurrent
-    steppers are checked against the model's forward pass on a short random sequence."""
-    from transformer_lens import TransformerBridge
+    """The stepper of ``model``: the one registered for its class in
+    ``models.registry.STEPPERS``, checked against the model's forward pass."""
+    from models.registry import STEPPERS  # the registry imports this module
 
-    if isinstance(model, HookedLSTM | MambaLM):
-        stepper = LSTMStepper(model) if isinstance(model, HookedLSTM) else MambaStepper(model)
-        stepper.check()
-        return stepper
-    if isinstance(model, TransformerBridge):  # steps by its own forward pass: nothing to check
-        return TransformerStepper(model)
+    for stepper_class in STEPPERS.values():
+        if isinstance(model, stepper_class.steps):
+            stepper = stepper_class(model)
+            stepper.check()
+            return stepper
+    registered = ", ".join(f"{name} ({cls.steps.__name__})" for name, cls in STEPPERS.items())
     raise TypeError(
-        f"no stepper for {type(model).__name__}; supported: HookedLSTM, MambaLM, TransformerBridge"
+        f"no stepper for {type(model).__name__}; registered in models.registry.STEPPERS: "
+        f"{registered}"
     )

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
+from models import MODELS, build_model
+from models.stepping import stepper_for
 from probes.causal.ablation import (
     ablate,
     ablation_sweep,
@@ -86,31 +87,28 @@ def naive_edited_logits(model, inputs, hook, scale, shift, mask):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize(
-    "name, hook",
-    [
-        ("transformer", "blocks.0.hook_resid_post"),
-        ("lstm", "blocks.0.hook_cell"),
-        ("mamba", "blocks.1.mixer.hook_ssm_state"),
-    ],
-)
-def test_batched_conditions_equal_one_pass_per_condition(name, hook):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_batched_conditions_equal_one_pass_per_condition(name):
+    """Every registered model, at the first layer's output and at each of the last layer's
+    states that is a hook (LSTM cell, Mamba's SSM state, the transformer's residual
+    stream...)."""
     fields = {"d_vocab": 5, "d_vocab_out": 5, "d_model": 8, "n_layers": 2, "seed": 0}
-    if name == "transformer":
-        fields.update(n_heads=2, n_ctx=16)
     model = build_model(name, fields).eval()
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randint(5, (3, 7), generator=g)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(inputs)
-    units = cache[hook][0, 0].numel()
-    scale = (torch.rand(5, units, generator=g) > 0.5).float()
-    shift = torch.randn(5, units, generator=g)
-    mask = torch.zeros(3, 7, dtype=torch.bool)
-    mask[:, 2] = mask[1, 5] = True
-    expected = naive_edited_logits(model, inputs, hook, scale, shift, mask)
-    got = run_edited(model, inputs, hook, scale, shift, lambda lg: lg, mask, max_rows=6)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    states = [s for s in stepper_for(model).state_shapes if s in model.hook_dict]
+    hooks = ["blocks.0.hook_resid_post"] + [s for s in states if s.startswith("blocks.1.")]
+    for hook in dict.fromkeys(hooks):
+        g = torch.Generator().manual_seed(0)
+        inputs = torch.randint(5, (3, 7), generator=g)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs)
+        units = cache[hook][0, 0].numel()
+        scale = (torch.rand(5, units, generator=g) > 0.5).float()
+        shift = torch.randn(5, units, generator=g)
+        mask = torch.zeros(3, 7, dtype=torch.bool)
+        mask[:, 2] = mask[1, 5] = True
+        expected = naive_edited_logits(model, inputs, hook, scale, shift, mask)
+        got = run_edited(model, inputs, hook, scale, shift, lambda lg: lg, mask, max_rows=6)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4, msg=hook)
 
 
 def echo_batches(n_batches=12):

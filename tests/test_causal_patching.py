@@ -2,19 +2,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
+from models import MODELS, build_model
 from models.attention import POSITIONAL
+from models.stepping import RecurrentStepper, stepper_for
 from probes.causal.patching import greedy_tokens, read_states, rollout
 
 VOCAB = 7
-ARCHS = ("lstm", "mamba", "transformer")
+ARCHS = sorted(MODELS)  # every registered model has a stepper (models.registry.STEPPERS)
 
 
 def tiny(name: str, n_layers: int = 2, d_input: int | None = None, **extra):
     fields = {"d_vocab_out": VOCAB, "d_model": 16, "n_layers": n_layers, "seed": 0, **extra}
     fields.update({"d_input": d_input} if d_input else {"d_vocab": VOCAB})
-    if name == "transformer":
-        fields.update(n_heads=2, n_ctx=32)
     return build_model(name, fields).eval()
 
 
@@ -25,27 +24,34 @@ def sequences(batch: int, length: int, d_input: int | None = None, seed: int = 0
     return torch.randint(VOCAB, (batch, length), generator=g)
 
 
-def state_names(name: str, n_layers: int = 2) -> list[str]:
-    per_layer = {
-        "lstm": ["hook_cell", "hook_resid_post"],
-        "mamba": ["mixer.conv_state", "mixer.hook_ssm_state"],
-        "transformer": ["hook_resid_pre", "hook_resid_post"],
-    }[name]
-    return [f"blocks.{i}.{s}" for i in range(n_layers) for s in per_layer]
+def state_names(model) -> list[str]:
+    return list(stepper_for(model).state_shapes)
 
 
-def cached_states(model, name: str, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The states of every step from one full forward pass (run_with_cache), the conv
-    window of Mamba rebuilt from hook_x: the ground truth of the step-by-step states."""
+def window_from_hook_x(cache, name: str, model) -> torch.Tensor:
+    """Mamba's conv window after each step [batch, pos, E, d_conv], from hook_x."""
+    hook_x = cache[name.replace("conv_state", "hook_x")]  # [batch, pos, E]
+    k = model.cfg.d_conv
+    return F.pad(hook_x, (0, 0, k - 1, 0)).unfold(1, k, 1)
+
+
+DERIVED_STATES = {"conv_state": window_from_hook_x}
+"""States that are not hooks, by the end of their name: how to read them from one forward
+pass (the ground truth of the step-by-step states)."""
+
+
+def cached_states(model, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The states of every step from one full forward pass (run_with_cache): a hook's
+    value, or a derived state rebuilt from hooks."""
     _, cache = model.run_with_cache(inputs)
     states = {}
-    for state in state_names(name):
-        if state.endswith("conv_state"):
-            hook_x = cache[state.replace("conv_state", "hook_x")]  # [batch, pos, E]
-            k = model.cfg.d_conv
-            states[state] = F.pad(hook_x, (0, 0, k - 1, 0)).unfold(1, k, 1)
-        else:
+    for state in state_names(model):
+        if state in model.hook_dict:
             states[state] = cache[state]
+            continue
+        derived = DERIVED_STATES.get(state.rsplit(".", 1)[-1])
+        assert derived, f"state {state!r} is neither a hook nor in DERIVED_STATES"
+        states[state] = derived(cache, state, model)
     return states
 
 
@@ -54,10 +60,10 @@ def cached_states(model, name: str, inputs: torch.Tensor) -> dict[str, torch.Ten
 def test_step_by_step_rollout_equals_the_full_forward_pass(name, d_input):
     model = tiny(name, d_input=d_input)
     x = sequences(3, 12, d_input)
-    out = rollout(model, x, record=state_names(name))
+    out = rollout(model, x, record=state_names(model))
     with torch.no_grad():
         torch.testing.assert_close(out.logits, model(x), atol=2e-5, rtol=1e-4)
-        expected = cached_states(model, name, x)
+        expected = cached_states(model, x)
     for state, value in out.states.items():
         torch.testing.assert_close(value, expected[state], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(out.inputs, x)
@@ -68,10 +74,10 @@ def test_signed_mamba_rollout_equals_the_full_forward_pass():
     refuse a model option it does not know)."""
     model = tiny("mamba", eigenvalues="signed")
     x = sequences(3, 12)
-    out = rollout(model, x, record=state_names("mamba"))
+    out = rollout(model, x, record=state_names(model))
     with torch.no_grad():
         torch.testing.assert_close(out.logits, model(x), atol=2e-5, rtol=1e-4)
-        expected = cached_states(model, "mamba", x)
+        expected = cached_states(model, x)
     for state, value in out.states.items():
         torch.testing.assert_close(value, expected[state], atol=2e-5, rtol=1e-4)
 
@@ -80,14 +86,15 @@ def test_signed_mamba_rollout_equals_the_full_forward_pass():
 def test_patched_state_continues_exactly_as_the_run_it_came_from(name):
     """Run B differs from run A before step t and agrees from t on. Writing B's state into
     A at step t (the transformer's state is its whole prefix: every position <= t) must give
-    B's predictions from step t on, teacher forced and free running."""
+    B's predictions from step t on, teacher forced and free running. A recurrent state is
+    patched at step t alone."""
     model, t = tiny(name), 5
     a = sequences(4, 12, seed=1)
     b = a.clone()
     b[:, :t] = sequences(4, t, seed=2)
-    names = state_names(name)
+    names = state_names(model)
     b_states = read_states(model, b, names)
-    steps = range(t + 1) if name == "transformer" else [t]
+    steps = [t] if isinstance(stepper_for(model), RecurrentStepper) else range(t + 1)
     patches = {s: {n: b_states[n][:, s] for n in names} for s in steps}
 
     with torch.no_grad():
@@ -150,7 +157,7 @@ def test_mamba_patch_equals_the_recurrence_written_out_from_cached_hooks():
 def test_transformer_patch_equals_one_hooked_forward_pass(positional):
     """Independent reference: in one forward pass a hook edit at position t reaches later
     positions through attention, exactly what the stepper's replayed edit must do."""
-    model, t = tiny("transformer", positional=positional), 3
+    model, t = tiny("transformer", positional=positional, n_heads=2, n_ctx=32), 3
     x = sequences(2, 9)
     delta = torch.randn(16, generator=torch.Generator().manual_seed(4))
     name = "blocks.0.hook_resid_post"
@@ -169,7 +176,7 @@ def test_transformer_patch_equals_one_hooked_forward_pass(positional):
 def test_callable_edit_equals_the_value_it_computes(name):
     model, t = tiny(name), 3
     x = sequences(2, 8)
-    state = state_names(name)[-1]
+    state = state_names(model)[-1]
     recorded = read_states(model, x, [state])[state][:, t]
     shift = torch.full_like(recorded, 0.5)
     by_value = rollout(model, x, patches={t: {state: recorded + shift}}, record=[state])
@@ -196,7 +203,8 @@ def test_clear_errors():
     changed.forward = lambda inputs: forward(inputs) * 1.01  # something the stepper can't know
     with pytest.raises(NotImplementedError, match="does not reproduce its forward pass"):
         rollout(changed, x)
-    with pytest.raises(TypeError, match="no stepper for Linear"):
+    with pytest.raises(TypeError, match=r"no stepper for Linear; registered .*lstm \(HookedLSTM"):
         rollout(torch.nn.Linear(2, 2), x)
+    transformer = tiny("transformer", n_ctx=32)
     with pytest.raises(ValueError, match="beyond the transformer's n_ctx=32"):
-        rollout(tiny("transformer"), sequences(1, 30), n_steps=5, next_input=greedy_tokens)
+        rollout(transformer, sequences(1, 30), n_steps=5, next_input=greedy_tokens)

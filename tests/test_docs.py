@@ -16,6 +16,7 @@ import torch
 from analysis.census import SCORERS
 from analysis.figures import FIGURES, draw_figure
 from models import MODELS
+from models.registry import STEPPERS
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
 from studies.preset import load_preset
@@ -182,6 +183,7 @@ def test_the_model_template_runs_the_time_cells_study(tmp_path, monkeypatch):
         guide_template("adding-a-model.md", "model"), "gru", tmp_path, monkeypatch
     )
     monkeypatch.setitem(MODELS, "gru", (module.GRUConfig, module.HookedGRU))
+    monkeypatch.setitem(STEPPERS, "gru", module.GRUStepper)
     preset, raw = load_preset("smoke", [f"out_root={tmp_path}", "models=['gru']"])
     runs = plan(preset, raw, Selection(studies=("time_cells",)))
     assert [p.run["architecture"] for p in runs] == ["gru"]
@@ -260,3 +262,21 @@ def test_the_glossary_names_everything_a_smoke_paper_writes(tmp_path):
 
     main(["paper", "--preset", "smoke", "--no-progress", "--set", f"out_root={tmp_path}"])
     assert undocumented(tmp_path / "smoke") == []
+
+
+def test_the_model_templates_stepper_passes_the_causal_tests(tmp_path, monkeypatch):
+    """The checks tests/test_causal_patching.py and test_causal_interventions.py run on
+    every registered model, run on the template registered as the guide says."""
+    from tests import test_causal_interventions as interventions
+    from tests import test_causal_patching as patching
+
+    module = import_template(
+        guide_template("adding-a-model.md", "model"), "gru", tmp_path, monkeypatch
+    )
+    monkeypatch.setitem(MODELS, "gru", (module.GRUConfig, module.HookedGRU))
+    monkeypatch.setitem(STEPPERS, "gru", module.GRUStepper)
+    for d_input in (None, 3):
+        patching.test_step_by_step_rollout_equals_the_full_forward_pass("gru", d_input)
+    patching.test_patched_state_continues_exactly_as_the_run_it_came_from("gru")
+    patching.test_callable_edit_equals_the_value_it_computes("gru")
+    interventions.test_batched_conditions_equal_one_pass_per_condition("gru")

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -8,15 +9,48 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models.mamba.model as mamba_model
+import models.mamba.backends as backends
+import models.mamba.dispatch as dispatch
 from models import build_model
 from models.mamba import MambaConfig, MambaLM, MambaMixer
-from models.mamba.compiled import compile_error, compiled_kernels
+from models.mamba.backends import BACKENDS, FastScan, ScanCall, describe
+from models.mamba.compiled import compiled_kernels
 from models.mamba.fused import fused_selective_scan
 from models.mamba.native import _extension, native_conv_silu, native_error, native_scan
-from models.mamba.scan import readout, reference_scan, selective_scan, transition
+from models.mamba.scan import ChunkKernels, readout, reference_scan, selective_scan, transition
 
 CONFIG = MambaConfig(d_model=16, n_layers=2, d_vocab=11, d_vocab_out=7, d_state=8, seed=0)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":  # the Triton kernels run through Triton's interpreter (read at their import)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def fresh_verdicts(monkeypatch):
+    """Every test starts with no scan backend tried, failed or warned about."""
+    monkeypatch.setattr(dispatch, "VERDICTS", dispatch.Verdicts())
+
+
+@pytest.fixture
+def native():
+    """Skip where the native scan cannot be built (found at test time: collecting this
+    module builds and compiles nothing)."""
+    error = native_error()
+    if error is not None:
+        pytest.skip(f"the native scan cannot be built here: {error}")
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    """Skip where torch.compile cannot build CPU kernels (no C++ compiler)."""
+    try:
+        torch.compile(lambda t: t.exp().sum(), fullgraph=True)(torch.ones(4))
+    except Exception as error:
+        pytest.skip(f"torch.compile cannot build CPU kernels here: {describe(error)}")
+
+
+needs_native = pytest.mark.usefixtures("native")
+needs_compiler = pytest.mark.usefixtures("compiler")
 
 
 def test_mixer_parameters_match_mamba_ssm():
@@ -205,10 +239,12 @@ def test_model_backends_agree_on_logits_and_all_gradients_signed():
     assert_backends_agree(MambaLM(config), ("reference", "fast"))
 
 
-def assert_backends_agree(model, scans, state_hooked=False, hooks=None):
+def assert_backends_agree(model, scans, state_hooked=False, hooks=None, shape=(2, 13)):
     """Logits and every parameter gradient of ``model`` under each scan equal the first's,
-    with ``hooks`` {name: hook} (or an identity hook on hook_ssm_state if ``state_hooked``)."""
-    tokens = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(0))
+    with ``hooks`` {name: hook} (or an identity hook on hook_ssm_state if ``state_hooked``),
+    on tokens of ``shape``."""
+    tokens = torch.randint(0, 11, shape, generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(next(model.parameters()).device)
     if state_hooked:
         hooks = {"blocks.0.mixer.hook_ssm_state": lambda act, hook: act}
     results = {}
@@ -322,19 +358,27 @@ def test_registry_builds_mamba_and_names_bad_scans():
 def test_cuda_request_without_cuda_warns_and_falls_back():
     model = MambaLM(CONFIG)
     tokens = torch.randint(0, 11, (1, 6))
-    with pytest.warns(UserWarning, match="scan='cuda': no CUDA kernels, the model is not on"):
+    with pytest.warns(
+        UserWarning, match=r"scan='cuda': the cuda scan cannot run \(the model is on cpu"
+    ):
         out = model(tokens, scan="cuda")
     torch.testing.assert_close(out, model(tokens, scan="reference"), rtol=1e-5, atol=1e-6)
     signed = MambaLM(MambaConfig(**{**CONFIG.__dict__, "eigenvalues": "signed"}))
-    with pytest.warns(UserWarning, match=r"eigenvalues='signed' \(the kernel only computes"):
+    with pytest.warns(UserWarning, match=r"eigenvalues='signed' \(mamba-ssm's kernel only comp"):
         signed(tokens, scan="cuda")
 
 
-def test_compiled_request_without_a_compiler_warns_and_uses_fast(monkeypatch):
-    monkeypatch.setattr(mamba_model, "compile_error", lambda device: "InvalidCxxCompiler: none")
+def test_compiled_scan_that_cannot_compile_warns_and_uses_fast(monkeypatch):
+    """A torch.compile failure at the first real call (here injected) is caught by the
+    trial: one warning naming it, and the fast scan's results."""
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Dynamo does not know how to trace method __setitem__ of class list")
+
+    monkeypatch.setattr(backends, "compiled_kernels", lambda: ChunkKernels(fails, fails, 4))
     model = MambaLM(CONFIG)
     tokens = torch.randint(0, 11, (1, 6))
-    with pytest.warns(UserWarning, match=r"scan 'compiled': torch.compile cannot build .*none"):
+    with pytest.warns(UserWarning, match=r"scan='compiled': .*RuntimeError: Dynamo does not.*fast"):
         out = model(tokens, scan="compiled")
     torch.testing.assert_close(out, model(tokens, scan="fast"))
 
@@ -346,15 +390,16 @@ def test_fast_path_materialises_the_state_only_when_hooked(monkeypatch):
     tokens = torch.randint(0, 11, (2, 6))
     calls = []
 
-    def spy(scan):
-        def called(*args, with_states=False, **kwargs):
-            calls.append(with_states if scan is selective_scan else "fused")
-            return scan(*args, **({"with_states": True} if with_states else {}), **kwargs)
+    def chunked(*args, with_states=False, **kwargs):
+        calls.append(with_states)
+        return selective_scan(*args, with_states=with_states, **kwargs)
 
-        return called
+    def fused(*args, **kwargs):
+        calls.append("fused")
+        return fused_selective_scan(*args, **kwargs)
 
-    monkeypatch.setattr(mamba_model, "selective_scan", spy(selective_scan))
-    monkeypatch.setattr(mamba_model, "fused_selective_scan", spy(fused_selective_scan))
+    monkeypatch.setattr(backends, "selective_scan", chunked)
+    monkeypatch.setattr(backends, "fused_selective_scan", fused)
     model(tokens, scan="fast")
     model.run_with_cache(
         tokens, names_filter=lambda name: name.endswith("hook_ssm_dt"), scan="fast"
@@ -407,11 +452,6 @@ def test_cuda_kernels_match_the_reference_scan():
         torch.testing.assert_close(results["cuda"][1][name], grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
-needs_compiler = pytest.mark.skipif(
-    compile_error("cpu") is not None, reason="torch.compile cannot build CPU kernels here"
-)
-
-
 @needs_compiler
 @pytest.mark.parametrize("signed", [False, True])
 def test_compiled_scans_equal_reference(signed):
@@ -459,11 +499,6 @@ def test_keep_freed_memory_stops_large_blocks_faulting_in_again():
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert default > pages // 2  # every page again
     assert kept < pages // 100  # the freed block is reused
-
-
-needs_native = pytest.mark.skipif(
-    native_error() is not None, reason=f"the native scan cannot be built here: {native_error()}"
-)
 
 
 @needs_native
@@ -561,10 +596,12 @@ def test_native_model_agrees_with_reference(eigenvalues, state_hooked):
 def test_auto_scan_on_cpu_is_native_for_float32_and_fast_for_float64(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        mamba_model, "native_scan", lambda *a, **k: calls.append("native") or native_scan(*a, **k)
+        backends, "native_scan", lambda *a, **k: calls.append("native") or native_scan(*a, **k)
     )
     tokens = torch.randint(0, 11, (2, 6))
     model = MambaLM(CONFIG)
+    model(tokens)  # the native scan's trial calls it too
+    calls.clear()
     model(tokens)
     assert calls == ["native"] * 2
     with warnings.catch_warnings():
@@ -575,16 +612,483 @@ def test_auto_scan_on_cpu_is_native_for_float32_and_fast_for_float64(monkeypatch
         model(tokens, scan="native")
 
 
-def test_native_scan_that_cannot_be_built_warns_and_uses_fast(monkeypatch):
-    monkeypatch.setattr(mamba_model, "native_error", lambda: "CalledProcessError: no compiler")
-    monkeypatch.setattr(mamba_model, "_WARNED", set())
+def test_native_scan_that_cannot_be_built_warns_once_and_uses_fast(monkeypatch):
+    monkeypatch.setattr(backends, "native_error", lambda: "CalledProcessError: no compiler")
     model = MambaLM(CONFIG)
     tokens = torch.randint(0, 11, (1, 6))
     with pytest.warns(UserWarning, match=r"scan='auto': .*cannot be built here: .*no compiler"):
         out = model(tokens)
     torch.testing.assert_close(out, model(tokens, scan="fast"))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "auto" says it once
+        warnings.simplefilter("error")  # said once
         model(tokens)
     with pytest.warns(UserWarning, match=r"scan='native': .*cannot be built"):
-        model(tokens, scan="native")  # an explicit request every time
+        model(tokens, scan="native")  # an explicit request says it too
+
+
+# ---- initial states, the Triton scan, and choosing a backend
+
+
+def full_scan_inputs(b=2, L=10, E=6, N=3, seed=1, device=DEVICE):
+    """x, dt, A, B, C, D, h0 of a scan with its skip term and initial state (all requiring
+    grad), on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = [
+        torch.randn(b, L, E, generator=g),
+        torch.rand(b, L, E, generator=g) * 0.5,
+        -torch.rand(E, N, generator=g) * 3,
+        torch.randn(b, L, N, generator=g),
+        torch.randn(b, L, N, generator=g),
+        torch.randn(E, generator=g),
+        torch.randn(b, E, N, generator=g),
+    ]
+    return [t.to(device).requires_grad_() for t in inputs]
+
+
+def reference_with_states(x, dt, A, B, C, D, h0, signed):
+    """(y = C . h + D x, the trajectory h) of the autograd step loop from h_{-1} = h0."""
+    states = reference_scan(transition(dt, A, signed)[0], (dt * x)[..., None] * B[:, :, None], h0)
+    return torch.einsum("blen,bln->ble", states, C) + D * x, states
+
+
+def assert_close_at_scale(got, want, rtol, atol, msg=None):
+    """assert_close with ``atol`` relative to the largest |want| (when above 1): float32
+    rounding of a long sum is relative to its largest terms, not to each element."""
+    scale = max(1.0, float(want.detach().abs().max()))
+    torch.testing.assert_close(got / scale, want / scale, rtol=rtol, atol=atol, msg=msg)
+
+
+def assert_matches_reference_with_states(
+    scan, signed, with_h0=True, rtol=1e-5, atol=1e-5, **shape
+):  # fmt: skip
+    """scan(x, dt, A, B, C, D, h0) -> (y, states or None) against the reference: values,
+    and the gradients of every input (h0 included) of a weighted sum of y and, when
+    returned, of the trajectory (to float32 rounding at each tensor's scale)."""
+    inputs = full_scan_inputs(**shape)
+    if not with_h0:
+        inputs[-1] = None
+    g = torch.Generator().manual_seed(7)
+    want_y, want_states = reference_with_states(*inputs, signed)
+    y_weights = torch.randn(want_y.shape, generator=g).to(want_y.device)
+    state_weights = torch.randn(want_states.shape, generator=g).to(want_y.device)
+    got_y, got_states = scan(*inputs)
+    assert_close_at_scale(got_y, want_y, rtol, atol)
+    want_loss, got_loss = (want_y * y_weights).sum(), (got_y * y_weights).sum()
+    if got_states is not None:
+        assert_close_at_scale(got_states, want_states, rtol, atol)
+        want_loss = want_loss + (want_states * state_weights).sum()
+        got_loss = got_loss + (got_states * state_weights).sum()
+    wanted = [t for t in inputs if t is not None]
+    names = [n for n, t in zip("x dt A B C D h0".split(), inputs, strict=True) if t is not None]
+    grads = torch.autograd.grad(got_loss, wanted)
+    want_grads = torch.autograd.grad(want_loss, wanted)
+    for name, grad, want_grad in zip(names, grads, want_grads, strict=True):
+        assert_close_at_scale(grad, want_grad, rtol, atol, msg=name)
+
+
+@pytest.mark.parametrize("with_states", [False, True])
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_chunked_scan_from_an_initial_state_equals_reference(chunk, with_states):
+    """h0's gradient is dL/dh_{-1} = a_0 g_0, carried back over every chunk boundary."""
+
+    def scan(x, dt, A, B, C, D, h0):
+        out = selective_scan(x, dt, A, B, C, True, chunk, with_states=with_states, h0=h0)
+        y, states = out if with_states else (out, None)
+        return y + D * x, states
+
+    assert_matches_reference_with_states(scan, signed=True, device="cpu")
+
+
+def test_reference_scan_from_an_initial_state_is_the_recurrence():
+    g = torch.Generator().manual_seed(0)
+    decay, drive = torch.rand(2, 3, 2, 2, generator=g), torch.randn(2, 3, 2, 2, generator=g)
+    h0 = torch.randn(2, 2, 2, generator=g)
+    h1 = decay[:, 0] * h0 + drive[:, 0]
+    h2 = decay[:, 1] * h1 + drive[:, 1]
+    h3 = decay[:, 2] * h2 + drive[:, 2]
+    torch.testing.assert_close(reference_scan(decay, drive, h0), torch.stack([h1, h2, h3], 1))
+
+
+@pytest.fixture(scope="module")
+def triton_scan():
+    """The Triton scan: compiled on CUDA, else run by Triton's interpreter on CPU."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from models.mamba.triton_scan import INTERPRETED, triton_scan
+
+    if DEVICE == "cpu" and not INTERPRETED:
+        pytest.skip("no CUDA, and Triton's interpreter was not on when the kernels loaded")
+    return triton_scan
+
+
+def triton_as(triton_scan, signed, with_states, **schedule):
+    def scan(x, dt, A, B, C, D, h0):
+        out = triton_scan(x, dt, A, B, C, D, signed, with_states, h0, **schedule)
+        return out if with_states else (out, None)
+
+    return scan
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("with_states", [False, True])
+def test_triton_scan_equals_reference(triton_scan, signed, with_states):
+    """Checkpoints every 4 steps over 10 (two chunk edges and a masked partial chunk),
+    6 channels in programs of 4 (a partial block: B's and C's gradients summed over
+    blocks), 3 states padded to 4, from an initial state: y, the trajectory and the
+    gradients of x, dt, A, B, C, D and h0."""
+    scan = triton_as(triton_scan, signed, with_states, chunk=4, block_e=4)
+    assert_matches_reference_with_states(scan, signed)
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 5, 8, 9])
+def test_triton_scan_at_chunk_edges(triton_scan, length):
+    """Lengths around multiples of the checkpoint interval (4), an odd channel count (5) in
+    one block, from zeros and from an initial state."""
+    scan = triton_as(triton_scan, signed=True, with_states=True, chunk=4)
+    for with_h0 in (False, True):
+        assert_matches_reference_with_states(scan, True, with_h0, L=length, E=5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length", [15, 16, 17, 64, 255, 256])
+@pytest.mark.parametrize("signed", [False, True])
+def test_triton_scan_long_sequences(triton_scan, length, signed):
+    """The default schedule (checkpoints every 16 steps) up to 256 steps, 7 channels."""
+    for with_states in (False, True):
+        scan = triton_as(triton_scan, signed, with_states)
+        assert_matches_reference_with_states(scan, signed, L=length, E=7, N=4, b=1)
+
+
+def test_triton_scan_gradient_through_the_trajectory_alone(triton_scan):
+    """A loss on the trajectory only (no gradient reaches y): C gets none, the others get
+    theirs through the states."""
+    x, dt, A, B, C, D, h0 = full_scan_inputs(L=6, E=3)
+    states = reference_with_states(x, dt, A, B, C, D, h0, False)[1]
+    _, got = triton_scan(x, dt, A, B, C, D, False, True, h0, chunk=4)
+    weights = torch.randn(states.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    inputs = [x, dt, A, B, h0]
+    want = torch.autograd.grad((states * weights).sum(), inputs)
+    for grad, want_grad in zip(
+        torch.autograd.grad((got * weights).sum(), inputs), want, strict=True
+    ):
+        torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+COMPILE_FOR_HOPPER = """
+import inspect, itertools
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from models.mamba import triton_scan
+
+kernels = {
+    triton_scan._forward_kernel: ("SIGNED", "HAS_H0", "WITH_STATES"),
+    triton_scan._backward_kernel: ("SIGNED", "HAS_GRAD_Y", "HAS_GRAD_STATES"),
+}
+for kernel, flags in kernels.items():
+    names = list(inspect.signature(kernel.fn).parameters)
+    for values in itertools.product([False, True], repeat=3):
+        constants = dict(zip(flags, values)) | {"CHUNK": 16, "BLOCK_E": 16, "BLOCK_N": 16}
+        signature = {
+            n: "constexpr" if n in constants else "*fp32" if n.endswith("_ptr") else "i32"
+            for n in names
+        }
+        constexprs = {(names.index(n),): v for n, v in constants.items()}
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], (kernel.__name__, constants)
+print("compiled")
+"""
+
+
+def test_triton_kernels_compile_for_the_gpu(triton_scan):
+    """The interpreter runs the kernels as Python; this compiles every variant (transitions,
+    h0, trajectory, gradient set) to sm_90 machine code with Triton's own compiler and
+    ptxas, no GPU needed, so code the GPU compiler rejects fails here too."""
+    pytest.importorskip("triton.backends.nvidia", reason="Triton has no CUDA backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.getcwd()
+    out = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("eigenvalues", "state_hooked"), [("positive", True), ("signed", False)])
+def test_triton_model_agrees_with_reference(triton_scan, eigenvalues, state_hooked):
+    """A whole model through the backend interface: logits and every parameter gradient
+    (one small layer: the interpreter is slow)."""
+    config = MambaConfig(
+        d_model=8, n_layers=1, d_vocab=11, d_vocab_out=7, d_state=4, eigenvalues=eigenvalues
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the triton scan serves the call: no fallback
+        model = MambaLM(config).to(DEVICE)
+        assert_backends_agree(model, ("reference", "triton"), state_hooked, shape=(1, 7))
+
+
+def call(device="cpu", dtype=torch.float32, signed=False, with_states=False, h0=False):
+    return ScanCall(device, dtype, signed, with_states, h0, grad=True)
+
+
+def test_scan_chains():
+    """auto: mamba-ssm, triton, compiled, fast on CUDA; native, fast on CPU (fast alone
+    for float64); a named backend: itself, then the rest of its device's auto chain or
+    fast."""
+    assert dispatch.scan_chain("auto", call("cuda")) == ("cuda", "triton", "compiled", "fast")
+    assert dispatch.scan_chain("auto", call()) == ("native", "fast")
+    assert dispatch.scan_chain("auto", call(dtype=torch.float64)) == ("fast",)
+    assert dispatch.scan_chain("triton", call("cuda")) == ("triton", "compiled", "fast")
+    assert dispatch.scan_chain("triton", call()) == ("triton", "fast")
+    assert dispatch.scan_chain("native", call("cuda")) == ("native", "fast")
+    assert dispatch.scan_chain("reference", call("cuda")) == ("reference",)
+    with pytest.raises(ValueError, match=r"unknown scan 'gpu'; valid: \['auto', 'reference'"):
+        dispatch.scan_chain("gpu", call())
+
+
+def test_backends_refuse_calls_they_cannot_serve_and_say_why():
+    native, mamba_ssm = BACKENDS["native"], BACKENDS["cuda"]
+    assert "runs on CPU" in native.unusable(call("cuda"))
+    assert "takes no initial state" in native.unusable(call(h0=True))
+    assert "does not return the trajectory" in mamba_ssm.unusable(call("cuda", with_states=True))
+    assert "takes no initial state" in mamba_ssm.unusable(call("cuda", h0=True))
+    assert "float32" in BACKENDS["triton"].unusable(call("cuda", dtype=torch.float64))
+    for name in ("reference", "fast", "compiled"):
+        assert BACKENDS[name].unusable(call("cuda", signed=True, with_states=True, h0=True)) is None
+
+
+class Broken(FastScan):
+    """The fast scan, made to fail the way a kernel can: at build (``unusable``), in its
+    forward or backward pass, with wrong results, or from its ``fail_from``-th call."""
+
+    def __init__(self, stage: str, fail_from: int = 0):
+        self.stage, self.fail_from, self.calls = stage, fail_from, 0
+
+    def unusable(self, call):
+        return "CalledProcessError: no compiler" if self.stage == "build" else None
+
+    def scan(self, x, dt, A, B, C, D, h0, signed, with_states):
+        self.calls += 1
+        y, states = super().scan(x, dt, A, B, C, D, h0, signed, with_states)
+        if self.calls <= self.fail_from:
+            return y, states
+        if self.stage == "forward":
+            raise RuntimeError("triton.CompilationError: out of resources")
+        if self.stage == "backward":
+            return _FailsBackward.apply(y), states
+        return y * 1.01, states  # "wrong"
+
+
+class _FailsBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def train_steps(model, scan, steps=3):
+    """Logits of the first step and every parameter after ``steps`` AdamW steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tokens = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(next(model.parameters()).device)
+    first = None
+    for _ in range(steps):
+        logits = model(tokens, scan=scan)
+        first = logits.detach() if first is None else first
+        optimizer.zero_grad()
+        logits.square().mean().backward()
+        optimizer.step()
+    return first, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("stage", "reason"),
+    [
+        ("build", r"CalledProcessError: no compiler"),
+        ("forward", r"scan forward failed: RuntimeError: triton.CompilationError"),
+        ("backward", r"scan backward failed: RuntimeError: CUDA error: an illegal memory"),
+        ("wrong", r"scan's y differs from the fast scan's by"),
+    ],
+)
+def test_a_failing_backend_falls_back_to_fast_with_one_warning(monkeypatch, stage, reason):
+    """A kernel that cannot be built, raises in its forward or backward pass, or computes
+    something else, at its first use: training goes on with the fast scan's results and
+    one warning that names the reason (not one per layer or step)."""
+    monkeypatch.setitem(BACKENDS, "native", Broken(stage))
+    with pytest.warns(UserWarning) as record:
+        got = train_steps(MambaLM(CONFIG), "auto")
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1, messages
+    assert re.search(
+        rf"scan='auto': the native scan cannot run \(.*{reason}.*\); using the fast", messages[0]
+    )
+    want = train_steps(MambaLM(CONFIG), "fast")
+    for got_tensor, want_tensor in zip([got[0], *got[1]], [want[0], *want[1]], strict=True):
+        torch.testing.assert_close(got_tensor, want_tensor, rtol=0, atol=0)
+
+
+def test_a_backend_failing_after_its_trial_is_replaced_for_the_call_in_progress(monkeypatch):
+    """A forward failure after a passed trial (e.g. a kernel that cannot compile for a new
+    shape) is caught as well: the call is recomputed with the next backend, with one
+    warning, and training goes on."""
+    broken = Broken("forward", fail_from=2)  # the trial and the first layer's call pass
+    monkeypatch.setitem(BACKENDS, "native", broken)
+    with pytest.warns(UserWarning, match=r"native scan cannot run \(scan failed: RuntimeError"):
+        train_steps(MambaLM(CONFIG), "auto")
+    assert broken.calls == 3  # never asked again once it failed
+
+
+@needs_native
+def test_the_trial_runs_on_copies_and_changes_no_result(monkeypatch):
+    """With a backend that passes its trial, results are those of the backend alone: the
+    trial's extra forward and backward passes touch neither the inputs' gradients nor any
+    random state."""
+    model = MambaLM(CONFIG)
+    first = train_steps(model, "native")
+    training = ScanCall("cpu", torch.float32, False, False, False, grad=True)
+    tried = {("native", op, training) for op in ("scan", "conv_silu")}
+    monkeypatch.setattr(dispatch, "VERDICTS", dispatch.Verdicts(tried=tried))
+    again = train_steps(MambaLM(CONFIG), "native")  # no trial this time
+    for a, b in zip([first[0], *first[1]], [again[0], *again[1]], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_collecting_the_tests_builds_and_compiles_nothing(tmp_path):
+    """Collection (``pytest --collect-only``) in a fresh interpreter leaves an empty
+    extension directory and an empty Inductor cache: nothing is built at import."""
+    extensions, inductor = tmp_path / "extensions", tmp_path / "inductor"
+    extensions.mkdir()
+    inductor.mkdir()
+    env = {
+        **os.environ, "TORCH_EXTENSIONS_DIR": str(extensions),
+        "TORCHINDUCTOR_CACHE_DIR": str(inductor), "PYTHONPATH": os.getcwd(),
+    }  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         __file__],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert list(extensions.iterdir()) == [] and list(inductor.iterdir()) == []
+
+
+# ---- on a GPU (make test-gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("signed", [False, True])
+def test_triton_scan_on_cuda_equals_reference(triton_scan, signed):
+    """The compiled kernels at a model's sizes: 300 steps (checkpoints every 16, a partial
+    last chunk), 80 channels in several programs, 16 states, from an initial state."""
+    for with_states in (False, True):
+        scan = triton_as(triton_scan, signed, with_states)
+        assert_matches_reference_with_states(
+            scan, signed, rtol=1e-4, atol=1e-4, b=3, L=300, E=80, N=16, device="cuda"
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("eigenvalues", ["positive", "signed"])
+def test_auto_trains_mamba_on_cuda_with_the_labs_training_loop(tmp_path, eigenvalues):
+    """What died on a GPU machine without mamba-ssm: a Mamba run of models.train with
+    scan "auto" trains to the end (mamba-ssm where it serves the call, else the Triton
+    scan, which must pass its trial: no warning of a kernel that cannot run)."""
+    from models.run import resolve_run
+    from models.train import TrainConfig, train
+
+    config = vars(TrainConfig(steps=30, log_every=10, eval_every=30, batch_size=16, device="cuda"))
+    keys = {"experiment": "gpu", "study": "unit", "condition": "c", "seed": 0, "model": "mamba"}
+    task = {"width": 3, "height": 3, "n_steps": 32}
+    fields = {"d_model": 32, "eigenvalues": eigenvalues}
+    run = resolve_run(keys, "graph_nav", task, "mamba", fields, None, config)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        summary = train(run, tmp_path / "run", progress=False)
+    failed = [str(w.message) for w in record if "the triton scan cannot run" in str(w.message)]
+    assert failed == []
+    assert summary["steps"] == 30
+    served = {name for name, op, call in dispatch.VERDICTS.tried if call.device == "cuda"}
+    assert served & {"cuda", "triton"}, dispatch.VERDICTS
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_hooked", [False, True])
+def test_compiled_and_triton_scans_agree_with_reference_on_cuda(state_hooked):
+    """Both GPU paths of the lab's own, through the model, with no fallback: the compiled
+    chunk kernels must trace under this torch's Dynamo."""
+    model = MambaLM(MambaConfig(**{**CONFIG.__dict__, "eigenvalues": "signed"})).cuda()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*cannot run")
+        assert_backends_agree(model, ("reference", "triton", "compiled"), state_hooked)
+
+
+@pytest.mark.gpu
+def test_a_triton_kernel_failing_on_cuda_falls_back(monkeypatch, triton_scan):
+    """A launch failure of the real backward kernel on CUDA, injected: the trial catches
+    it, one warning names it, and the step runs on the next backend (compiled, here made
+    unusable, then fast) with fast's results."""
+    import models.mamba.triton_scan as kernels
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("triton.runtime.errors.OutOfResources: shared memory")
+
+    monkeypatch.setattr(kernels, "_backward_kernel", _Launcher(fails))
+    monkeypatch.setitem(BACKENDS, "compiled", Broken("build"))
+    model = MambaLM(CONFIG).cuda()
+    with pytest.warns(UserWarning, match=r"the triton scan cannot run \(scan backward failed"):
+        got = train_steps(model, "triton")
+    want = train_steps(MambaLM(CONFIG).cuda(), "fast")
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+class _Launcher:
+    """Stands for a jit kernel: ``kernel[grid](...)`` calls ``launch``."""
+
+    def __init__(self, launch):
+        self.launch = launch
+
+    def __getitem__(self, grid):
+        return self.launch
+
+
+@pytest.mark.parametrize(
+    "scan", ["fast", "auto", "triton", pytest.param("compiled", marks=pytest.mark.slow)]
+)
+def test_forward_from_a_stepped_state_continues_the_sequence(request, scan):
+    """model(rest, state=...) from the stepper's state after step t - 1 (patched there, so
+    not a state the model reached by itself) gives the logits of the step-by-step rollout
+    from step t on; gradients reach the given state as in the reference scan."""
+    if scan in ("compiled", "triton"):  # skip where they cannot run
+        request.getfixturevalue({"compiled": "compiler", "triton": "triton_scan"}[scan])
+    from models.stepping import stepper_for
+    from probes.causal.patching import rollout
+
+    model = MambaLM(CONFIG).to(DEVICE if scan == "triton" else "cpu")
+    device = next(model.parameters()).device
+    x, t = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(0)), 5
+    x = x.to(device)
+    names = list(stepper_for(model).state_shapes)
+    h = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(1)).to(device)
+    out = rollout(model, x, patches={t - 1: {"blocks.0.mixer.hook_ssm_state": h}}, record=names)
+    state = {name: out.states[name][:, t - 1].requires_grad_() for name in names}
+    got = model(x[:, t:], scan=scan, state=state)
+    torch.testing.assert_close(got, out.logits[:, t:], atol=2e-5, rtol=1e-4)
+    grads = torch.autograd.grad(got.square().sum(), list(state.values()))
+    want = model(x[:, t:], scan="reference", state=state)
+    want_grads = torch.autograd.grad(want.square().sum(), list(state.values()))
+    for name, grad, want_grad in zip(names, grads, want_grads, strict=True):
+        torch.testing.assert_close(grad, want_grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_wrong_state_is_named():
+    model = MambaLM(CONFIG)
+    x = torch.randint(0, 11, (2, 4))
+    state = {"blocks.0.mixer.conv_state": torch.zeros(2, 32, 4)}
+    with pytest.raises(KeyError, match=r"no 'blocks.0.mixer.hook_ssm_state'"):
+        model(x, state=state)
+    state["blocks.0.mixer.hook_ssm_state"] = torch.zeros(2, 8, 32)
+    with pytest.raises(ValueError, match=r"expected shape \(2, 32, 8\) \(\[batch, d_inner, d_s"):
+        model(x, state=state)

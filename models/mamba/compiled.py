@@ -5,7 +5,8 @@ so Inductor fuses a whole chunk into one loop nest over (batch, channel) that ke
 state in registers: C++/OpenMP on CPU, Triton on CUDA (the path for GPUs without
 mamba-ssm). Kernels are compiled on first use (about 25 s on 2 CPU cores, a few seconds once
 Inductor's on-disk cache has them), once per dtype, device, transition type and set of
-gradients, with symbolic sizes.
+gradients, with symbolic sizes. Where torch.compile cannot build or trace them, the first
+use fails in its trial (:mod:`models.mamba.dispatch`) and the model falls back.
 """
 
 from __future__ import annotations
@@ -28,22 +29,3 @@ def compiled_kernels() -> ChunkKernels:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     compile_ = functools.partial(torch.compile, fullgraph=True, dynamic=True)
     return ChunkKernels(compile_(chunk_forward), compile_(chunk_backward), chunk=4)
-
-
-def _probe(x: torch.Tensor) -> torch.Tensor:
-    return (torch.exp(x) * x).sum(-1)
-
-
-@functools.cache
-def compile_error(device_type: str) -> str | None:
-    """Why torch.compile cannot build kernels for ``device_type`` ("cpu", "cuda"; e.g. no
-    C++ compiler, no Triton), found by compiling a small probe once; None where it can."""
-    try:
-        x = torch.linspace(-1, 1, 32, device=device_type).reshape(2, 16)
-        got = torch.compile(_probe, fullgraph=True, dynamic=False)(x)
-    except Exception as error:  # InductorError, BackendCompilerFailed, missing compilers
-        message = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {message[0] if message else ''}"
-    if not torch.allclose(got, _probe(x)):
-        return "the compiled probe computed a wrong result"
-    return None

@@ -22,55 +22,32 @@ Transitions (``MambaConfig.eigenvalues``): "positive" is Mamba-1's a_t = exp(dt_
 (0, 1); "signed" is a_t = 2 exp(dt_t A) - 1 in (-1, 1) (Grazzi et al. 2024), which lets a
 diagonal SSM flip its state's sign, as parity and other state-tracking tasks need.
 
-Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rounding
-(:mod:`models.mamba.scan`):
-  "reference"  the recurrence as a Python loop under autograd (the executable definition)
-  "fast"       plain PyTorch with hand-written backward passes: the fused scan of
-               :mod:`models.mamba.fused`, which never stores more than the state trajectory
-               for its backward, unless ``hook_ssm_state`` has a hook (``run_with_cache``,
-               ``run_with_hooks``, ``add_hook``); then the chunked scan of
-               :mod:`models.mamba.scan`, which returns the whole trajectory for the hook
-  "native"     a C++ scan and causal conv + SiLU for CPUs (:mod:`models.mamba.native`),
-               built for the machine on first use (about 30 s, then cached); float32 on
-               CPU only, else it warns (naming the reason) and uses "fast"
-  "compiled"   the same chunked scans with their chunk kernels compiled by torch.compile
-               (C++ on CPU, Triton on CUDA; compiled once per shape, seconds each); where
-               torch.compile cannot build kernels it warns (naming the reason) and uses "fast"
-  "cuda"       mamba-ssm's ``selective_scan_fn`` (and causal-conv1d's ``causal_conv1d_fn``
-               for the conv when installed); it cannot return the trajectory nor use signed
-               eigenvalues, and needs CUDA tensors and an importable mamba-ssm: otherwise it
-               warns (naming the reason) and uses "compiled" on CUDA, "fast" on CPU
-  "auto"       "cuda" where usable, else "compiled" on CUDA (warning once why not "cuda");
-               on CPU "native" where it builds, else "fast" (warning once why)
+Scans (``MambaConfig.scan`` or ``forward(..., scan=...)``), equal to float32 rounding:
+"reference" (an autograd step loop, the definition), "fast" (plain PyTorch), "native" (C++
+for CPUs), "compiled" (torch.compile'd chunk kernels), "triton" (the lab's Triton kernels
+for GPUs), "cuda" (mamba-ssm's kernel) and "auto" (mamba-ssm, else triton, else compiled,
+else fast on CUDA; native, else fast, on CPU). The backends are in
+:mod:`models.mamba.backends`; the choice, the first-use trials and the fallbacks (one
+warning per reason) in :mod:`models.mamba.dispatch`. Only what ``hook_ssm_state``
+needs is asked of them: the trajectory exists only while a hook reads or patches it.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from models.embedding import InputEmbedding
-from models.mamba.compiled import compile_error, compiled_kernels
-from models.mamba.fused import fused_selective_scan
-from models.mamba.native import native_conv_silu, native_error, native_scan
-from models.mamba.scan import (
-    EAGER,
-    EIGENVALUES,
-    readout,
-    reference_scan,
-    selective_scan,
-    transition,
-)
-
-SCANS = ("auto", "reference", "fast", "native", "compiled", "cuda")
+from models.mamba.backends import ScanCall
+from models.mamba.dispatch import SCANS, choose_scan
+from models.mamba.scan import EIGENVALUES, readout
 
 
 @dataclass
@@ -109,9 +86,10 @@ class MambaConfig:
     (-1, 1) ("signed", Grazzi et al. 2024: state tracking such as parity)."""
     scan: str = "auto"
     """"reference" (step loop, autograd), "fast" (plain PyTorch), "native" (C++ for CPUs,
-    built on first use), "compiled" (chunked, torch.compile'd), "cuda" (mamba-ssm kernels),
-    or "auto": cuda on a GPU when mamba-ssm imports, compiled on other GPUs, native on CPU
-    where it builds (else fast). ``forward(scan=...)`` overrides it per call."""
+    built on first use), "compiled" (chunked, torch.compile'd), "triton" (the lab's GPU
+    kernels), "cuda" (mamba-ssm kernels), or "auto": on a GPU mamba-ssm where it serves the
+    call, else triton, else compiled, else fast; on CPU native where it builds, else fast
+    (:mod:`models.mamba.dispatch`). ``forward(scan=...)`` overrides it per call."""
     seed: int | None = 0
     """Seed of the parameter initialisation (None: the global RNG)."""
 
@@ -167,57 +145,40 @@ class MambaMixer(nn.Module):
         ):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, hidden: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, scan: str | None = None, initial: tuple | None = None
+    ) -> torch.Tensor:
+        """[batch, L, d_model] -> [batch, L, d_model]; ``initial``: (conv window
+        [batch, E, d_conv], SSM state [batch, E, N]) after a previous step to continue
+        from (None: the start of a sequence)."""
         c = self.cfg
-        length = hidden.shape[1]
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, L, E] each
         x = self.hook_x(x)
         gate = self.hook_gate(F.silu(z))
-        scan = self._choose_scan(scan or c.scan, x)
-        conv1d_fn = _cuda_kernels("causal_conv1d_fn") if scan == "cuda" else None
-        if conv1d_fn is not None:  # fused causal conv + SiLU, [batch, E, L] layout
-            weight = self.conv1d.weight.squeeze(1)  # [E, d_conv]
-            x = conv1d_fn(
-                x.transpose(1, 2).contiguous(), weight, self.conv1d.bias, activation="silu"
-            )
-            x = self.hook_conv(x.transpose(1, 2))
-        elif scan == "native":
-            x = self.hook_conv(native_conv_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias))
-        else:
-            x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2).contiguous()
-            x = self.hook_conv(F.silu(x))
+        signed, with_states = c.eigenvalues == "signed", self._state_wanted()
+        window, h0 = initial if initial is not None else (None, None)
+        call = ScanCall(
+            x.device.type, x.dtype, signed, with_states, initial_state=h0 is not None,
+            grad=torch.is_grad_enabled() and x.requires_grad,
+        )  # fmt: skip
+        backend = choose_scan(scan or c.scan, call)
+        if window is not None:  # the window's last d_conv - 1 inputs precede this call's
+            x = torch.cat([rearrange(window[..., 1:], "b e k -> b k e").to(x.dtype), x], 1)
+        x = backend.conv_silu(x, self.conv1d.weight, self.conv1d.bias)
+        if window is not None:  # and their outputs are dropped
+            x = x[:, c.d_conv - 1 :]
+        x = self.hook_conv(x)  # [batch, L, E]
         dt_low, B, C = self.x_proj(x).split([c.rank, c.d_state, c.d_state], dim=-1)
-        dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))
-        B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)
+        dt = self.hook_ssm_dt(F.softplus(self.dt_proj(dt_low)))  # [batch, L, E]
+        B, C = self.hook_ssm_B(B), self.hook_ssm_C(C)  # [batch, L, N]
         A = -torch.exp(self.A_log.float())  # [E, N]
-        signed = c.eigenvalues == "signed"
-        kernels = compiled_kernels() if scan == "compiled" else EAGER
-        if scan == "cuda":
-            y = _cuda_selective_scan(x, dt, A, B, C, self.D)
-        elif scan == "reference":
-            decay = transition(dt, A, signed)[0]  # [batch, L, E, N]
-            states = reference_scan(decay, (dt * x)[..., None] * B[:, :, None, :])
-            y = readout(self.hook_ssm_state(states), C) + self.D * x
-        elif not self._state_wanted():
-            if scan == "native":  # the kernel adds D x itself
-                y = native_scan(x, dt, A, B, C, self.D, signed)
-            elif scan == "fast":
-                y = fused_selective_scan(x, dt, A, B, C, signed) + self.D * x
-            else:
-                y = selective_scan(x, dt, A, B, C, signed, kernels=kernels) + self.D * x
-        else:
-            if scan == "native":
-                y, states = native_scan(x, dt, A, B, C, None, signed, with_states=True)
-            else:
-                y, states = selective_scan(
-                    x, dt, A, B, C, signed, kernels=kernels, with_states=True
-                )
+        y, states = backend.scan(x, dt, A, B, C, self.D, h0, signed, with_states)
+        if with_states:  # [batch, L, E, N]
             version = states._version
             hooked = self.hook_ssm_state(states)
             if hooked is not states or hooked._version != version:  # patched: read it out
-                y = readout(hooked, C)
-            y = y + self.D * x
-        y = self.hook_ssm_out(y)
+                y = readout(hooked, C) + self.D * x
+        y = self.hook_ssm_out(y)  # C . h + D x
         return self.hook_out(self.out_proj(y * gate))
 
     def _state_wanted(self) -> bool:
@@ -226,105 +187,6 @@ class MambaMixer(nn.Module):
         plain PyTorch hooks registered on the HookPoint."""
         hp = self.hook_ssm_state
         return bool(hp.fwd_hooks or hp.bwd_hooks or hp._forward_hooks or hp._backward_hooks)
-
-    def _choose_scan(self, scan: str, x: torch.Tensor) -> str:
-        if scan not in SCANS:
-            raise ValueError(f"unknown scan {scan!r}; valid: {list(SCANS)}")
-        requested = scan
-        if scan in ("auto", "cuda"):
-            reason = self._cuda_unusable(x)
-            if reason is None:
-                return "cuda"
-            scan = "compiled" if x.is_cuda else "native"
-            # an explicit request always warns; "auto" on a GPU once per reason
-            if requested == "cuda" or (x.is_cuda and reason not in _WARNED):
-                _WARNED.add(reason)
-                warnings.warn(
-                    f"scan={requested!r}: no CUDA kernels, {reason}; using the {scan} scan",
-                    stacklevel=4,
-                )
-        if scan == "native":
-            reason = _native_unusable(x)
-            if reason is None:
-                return "native"
-            # "auto" warns once if the build fails, and not at all for a float64 or GPU
-            # model (the fast scan is the one for those)
-            if requested != "auto" or (native_error() is not None and reason not in _WARNED):
-                _WARNED.add(reason)
-                warnings.warn(
-                    f"scan={requested!r}: the native scan cannot run ({reason}); "
-                    "using the fast scan",
-                    stacklevel=4,
-                )
-            return "fast"
-        if scan == "compiled":
-            error = compile_error(x.device.type)
-            if error is not None:
-                warnings.warn(
-                    f"scan 'compiled': torch.compile cannot build kernels on "
-                    f"{x.device.type} ({error}); using the fast scan",
-                    stacklevel=4,
-                )
-                return "fast"
-        return scan
-
-    def _cuda_unusable(self, x: torch.Tensor) -> str | None:
-        """Why mamba-ssm's kernel cannot run this call (None: it can)."""
-        if self._state_wanted():
-            return "hook_ssm_state is hooked (the kernel does not return the trajectory)"
-        if self.cfg.eigenvalues != "positive":
-            return "eigenvalues='signed' (the kernel only computes exp(dt A))"
-        if not x.is_cuda:
-            return "the model is not on a CUDA device"
-        if _cuda_kernels("selective_scan_fn") is None:
-            return f"mamba-ssm does not import ({_KERNEL_ERRORS['selective_scan_fn']})"
-        return None
-
-
-_KERNELS: dict[str, object] = {}
-_KERNEL_ERRORS: dict[str, str] = {}
-_WARNED: set[str] = set()
-_KERNEL_IMPORTS = {
-    "selective_scan_fn": "mamba_ssm.ops.selective_scan_interface",
-    "causal_conv1d_fn": "causal_conv1d",
-}
-
-
-def _native_unusable(x: torch.Tensor) -> str | None:
-    """Why the native scan cannot run on ``x`` (None: it can)."""
-    if x.device.type != "cpu":
-        return f"the model is on {x.device.type}, the native scan runs on CPU"
-    if x.dtype != torch.float32:
-        return f"the model is {x.dtype}, the native scan is float32 only"
-    error = native_error()
-    return None if error is None else f"it cannot be built here: {error}"
-
-
-def _cuda_kernels(name: str):
-    """mamba-ssm's ``selective_scan_fn`` or causal-conv1d's ``causal_conv1d_fn``, imported
-    on first use; None where it does not import (no CUDA/Triton, not installed)."""
-    if name not in _KERNELS:
-        try:
-            module = importlib.import_module(_KERNEL_IMPORTS[name])
-            _KERNELS[name] = getattr(module, name)
-        except Exception as error:  # ImportError, or CUDA/Triton errors raised at import
-            _KERNELS[name] = None
-            _KERNEL_ERRORS[name] = f"{type(error).__name__}: {error}"
-    return _KERNELS[name]
-
-
-def _cuda_selective_scan(x, dt, A, B, C, D) -> torch.Tensor:
-    """y [batch, L, E] (including D x) from mamba-ssm's fused kernel, whose layouts are
-    [batch, channels, L]."""
-    y = _cuda_kernels("selective_scan_fn")(
-        x.transpose(1, 2).contiguous(),
-        dt.transpose(1, 2).contiguous(),
-        A,
-        B.transpose(1, 2).contiguous(),
-        C.transpose(1, 2).contiguous(),
-        D.float(),
-    )
-    return y.transpose(1, 2)
 
 
 class MambaBlock(nn.Module):
@@ -337,9 +199,11 @@ class MambaBlock(nn.Module):
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scan: str | None = None, initial: tuple | None = None
+    ) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        return self.hook_resid_post(x + self.mixer(self.norm(x), scan))
+        return self.hook_resid_post(x + self.mixer(self.norm(x), scan, initial))
 
 
 class MambaLM(HookedRootModule):
@@ -358,8 +222,32 @@ class MambaLM(HookedRootModule):
         self.hook_embed = HookPoint()
         self.setup()
 
-    def forward(self, inputs: torch.Tensor, scan: str | None = None) -> torch.Tensor:
+    def forward(
+        self, inputs: torch.Tensor, scan: str | None = None, state: dict | None = None
+    ) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab_out] of token ids [batch, pos] or features
+        [batch, pos, d_input]. ``state``: continue a sequence from the state after a
+        previous step, named as :mod:`models.stepping` names it
+        (``blocks.{i}.mixer.conv_state`` [batch, E, d_conv], ``blocks.{i}.mixer.hook_ssm_state``
+        [batch, E, N]; a stepper's state, patched or not), in one pass at scan speed."""
         x = self.hook_embed(self.embed(inputs))
-        for block in self.blocks:
-            x = block(x, scan)
+        for i, block in enumerate(self.blocks):
+            x = block(x, scan, None if state is None else self._initial(state, i, x))
         return self.unembed(self.norm_f(x))
+
+    def _initial(self, state: dict, layer: int, x: torch.Tensor) -> tuple:
+        """(conv window, SSM state) of ``layer`` from ``state``, checked."""
+        c, batch = self.cfg, x.shape[0]
+        shapes = {
+            f"blocks.{layer}.mixer.conv_state": ((batch, c.d_inner, c.d_conv), "d_conv"),
+            f"blocks.{layer}.mixer.hook_ssm_state": ((batch, c.d_inner, c.d_state), "d_state"),
+        }
+        for name, (shape, last) in shapes.items():
+            if name not in state:
+                raise KeyError(f"state has no {name!r} (got {sorted(state)})")
+            if tuple(state[name].shape) != shape:
+                raise ValueError(
+                    f"state {name!r}: expected shape {shape} ([batch, d_inner, {last}]), "
+                    f"got {tuple(state[name].shape)}"
+                )
+        return tuple(state[name] for name in shapes)

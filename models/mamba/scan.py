@@ -39,10 +39,13 @@ def transition(dt: torch.Tensor, A: torch.Tensor, signed: bool):
     return (2 * decay - 1, 2 * decay) if signed else (decay, decay)
 
 
-def reference_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+def reference_scan(
+    decay: torch.Tensor, drive: torch.Tensor, h0: torch.Tensor | None = None
+) -> torch.Tensor:
     """The recurrence h_t = decay_t * h_{t-1} + drive_t written out step by step, autograd
-    differentiating the loop. decay, drive, result: [batch, L, E, N]."""
-    state = torch.zeros_like(drive[:, 0])
+    differentiating the loop, from h_{-1} = h0 [batch, E, N] (None: zeros).
+    decay, drive, result: [batch, L, E, N]."""
+    state = torch.zeros_like(drive[:, 0]) if h0 is None else h0
     states = []
     for a, u in zip(decay.unbind(1), drive.unbind(1), strict=True):
         state = a * state + u
@@ -87,26 +90,29 @@ def chunk_backward(
         a, da = transition(dt[:, t], A, signed)
         states.append(a * states[-1] + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :])
         steps.append((a, da))
-    grad_x, grad_dt, grad_B, grad_C = ([None] * length for _ in range(4))
+    # per-step gradients, appended from the last step back (only list appends: Dynamo
+    # traces them on every torch version, item assignment it did not on some)
+    grad_x, grad_dt, grad_B, grad_C = [], [], [], []
     for t in reversed(range(length)):
         a, da = steps[t]
         if grad_y is not None:
             g = g + C[:, t, None, :] * grad_y[:, t, :, None]
-            grad_C[t] = (states[t + 1] * grad_y[:, t, :, None]).sum(1)
+            grad_C.append((states[t + 1] * grad_y[:, t, :, None]).sum(1))
         if grad_states is not None:
             g = g + grad_states[:, t]
         grad_dtx = (g * B[:, t, None, :]).sum(-1)  # dL/d(dt x)_t
-        grad_B[t] = (g * (dt[:, t] * x[:, t])[..., None]).sum(1)
+        grad_B.append((g * (dt[:, t] * x[:, t])[..., None]).sum(1))
         grad_decay = g * states[t] * da  # dL/d(dt A)_t
-        grad_dt[t] = (grad_decay * A).sum(-1) + grad_dtx * x[:, t]
-        grad_x[t] = grad_dtx * dt[:, t]
+        grad_dt.append((grad_decay * A).sum(-1) + grad_dtx * x[:, t])
+        grad_x.append(grad_dtx * dt[:, t])
         grad_A = grad_A + grad_decay * dt[:, t, :, None]
         g = a * g
     out_x, out_dt, out_B, out_C = grads
-    for out, grad in ((out_x, grad_x), (out_dt, grad_dt), (out_B, grad_B)):
-        out.copy_(torch.stack(grad, 1))
+    out_x.copy_(torch.stack(grad_x[::-1], 1))
+    out_dt.copy_(torch.stack(grad_dt[::-1], 1))
+    out_B.copy_(torch.stack(grad_B[::-1], 1))
     if grad_y is not None:
-        out_C.copy_(torch.stack(grad_C, 1))
+        out_C.copy_(torch.stack(grad_C[::-1], 1))
     else:
         out_C.zero_()
     return grad_A, g
@@ -160,11 +166,11 @@ class _Outputs:
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, signed, chunk, kernels, with_states):
+    def forward(ctx, x, dt, A, B, C, h0, signed, chunk, kernels, with_states):
         (batch, length, d_inner), d_state = x.shape, A.shape[1]
         y = torch.empty_like(x)
         states = x.new_empty(batch, length, d_inner, d_state) if with_states else None
-        h = x.new_zeros(batch, d_inner, d_state)
+        h = x.new_zeros(batch, d_inner, d_state) if h0 is None else h0
         starts = []
         for t0 in range(0, length, chunk):
             starts.append(h)
@@ -197,22 +203,23 @@ class _SelectiveScan(torch.autograd.Function):
             )
             out.done()
         grad_x, grad_dt, grad_B, grad_C = grads
-        return grad_x, grad_dt, grad_A.sum(0), grad_B, grad_C, None, None, None, None
+        grad_h0 = g if ctx.needs_input_grad[5] else None  # dL/dh_{-1} = a_0 g_0
+        return grad_x, grad_dt, grad_A.sum(0), grad_B, grad_C, grad_h0, None, None, None, None
 
 
 def selective_scan(
     x, dt, A, B, C, signed: bool = False, chunk: int | None = None,
-    kernels: ChunkKernels = EAGER, with_states: bool = False,
+    kernels: ChunkKernels = EAGER, with_states: bool = False, h0: torch.Tensor | None = None,
 ):  # fmt: skip
     """y_t = C_t . h_t [batch, L, E] (without the D x skip) from x, dt [batch, L, E],
-    A [E, N], B, C [batch, L, N], running time in chunks of ``chunk`` steps (default:
-    the kernels' own).
+    A [E, N], B, C [batch, L, N] and the state before the first step h0 [batch, E, N]
+    (None: zeros), running time in chunks of ``chunk`` steps (default: the kernels' own).
 
     With ``with_states`` also the state trajectory h [batch, L, E, N], else it is never
     stored. Gradients flow from y and from the trajectory, which may be modified in place
-    (the backward pass does not read it)."""
+    (the backward pass does not read it), to every input, h0 included."""
     chunk = chunk or kernels.chunk
-    return _SelectiveScan.apply(x, dt, A, B, C, signed, chunk, kernels, with_states)
+    return _SelectiveScan.apply(x, dt, A, B, C, h0, signed, chunk, kernels, with_states)
 
 
 def readout(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
