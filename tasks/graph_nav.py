@@ -331,9 +331,7 @@ class GraphNavTask(Task):
 
     def _draw_environments(self, n: int, generator: torch.Generator):
         """``n`` environments: symbols [n, n_nodes] (one per node) and env_id [n]."""
-        symbols = torch.randint(
-            self.config.n_symbols, (n, self.graph.n_nodes), generator=generator
-        )
+        symbols = torch.randint(self.config.n_symbols, (n, self.graph.n_nodes), generator=generator)
         return symbols, torch.randint(2**62, (n,), generator=generator)
 
     def _walk_batch(self, nodes, actions, symbols, env_id) -> Batch:
