@@ -23,15 +23,18 @@ over units:
 Correlations need at least 3 bins visited in both maps and variance in both; otherwise they
 are NaN and left out of the means (a unit with no defined correlation gets NaN).
 
-The null for ``remap_r`` (:func:`remap_null`) deals each environment's map values out again
-over the bins it visited (one random permutation per environment and shuffle): it keeps
-every map's values and asks only whether the *layout* is the same across environments,
-which is what remapping is about. (Shuffling which environment each walk belongs to asks the
-opposite question — does the map differ between environments — and a unit with no map at
-all passes it.) The permutation ignores the maps' spatial smoothness: two unrelated smooth
-maps (broad gradients) correlate by chance more often than two permuted ones, so for smooth
-maps the null is lenient; maps of symbol-driven units, whose symbols are drawn independently
-per node, have no such smoothness.
+The null for ``remap_r`` (:func:`remap_null`) is the census's circular shift by whole
+sequences: each unit's activity is paired with the walk of another sequence, which keeps
+the unit's temporal structure — and with it the spatial smoothness that temporal
+autocorrelation gives a rate map along a continuous walk — and breaks its relation to the
+layout. A unit whose maps are smooth because its activity is autocorrelated in time, and
+unrelated across environments, meets nulls smoothed alike (dealing each map's values out
+over its bins does not: measured
+on graph_nav and linear_track, up to 45% of the clock construct's units, whose maps are
+smooth noise, beat that null at p < 0.05, and none beat the sequence shifts). Shuffling which
+environment each walk belongs to would ask the opposite question (does the map differ
+between environments?), which a unit without any map passes. A function of the step index
+alone is unchanged by sequence shifts (p = 1): time alone keeps no layout.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from analysis.binning import node_rate_maps
-from analysis.stats import ShuffleNull, summarise_null
+from analysis.stats import ShuffleNull, sequence_shift_null
 
 MIN_BINS = 3
 """Fewest bins visited in both maps for a correlation."""
@@ -107,7 +110,9 @@ def remapping_scores(
     ``0..n_bins - 1``; env [n] the environment of each sample (any ids, at least two
     environments); walk [n] int >= 0, the walk within its environment (even and odd walks
     are the two halves of ``stability_r``)."""
-    env_index = check_samples(activity, position, env, walk)
+    if activity.ndim != 2:
+        raise ValueError(f"activity must be [samples, units], got {tuple(activity.shape)}")
+    env_index = environment_index(activity.shape[0], position, env, walk)
     maps = environment_maps(activity, position, env_index, n_bins)
     remap_r = cross_environment_r(maps)
     halves = environment_maps(activity, position, 2 * env_index + walk.long() % 2, n_bins)
@@ -124,48 +129,40 @@ def remap_index(remap_r: torch.Tensor, stability_r: torch.Tensor) -> torch.Tenso
 
 
 def remap_null(
-    activity: torch.Tensor,
+    acts: torch.Tensor,
+    mask: torch.Tensor,
     position: torch.Tensor,
     env: torch.Tensor,
     n_bins: int,
     n_shuffles: int = 1000,
     generator: torch.Generator | None = None,
-    max_elements: int = 2**22,
 ) -> ShuffleNull:
-    """``remap_r`` [units] against environments whose maps' layouts are unrelated: each
-    shuffle deals every environment's map values out again over the bins that environment
-    visited (one permutation per environment, shared by the units). Arguments as in
-    :func:`remapping_scores`; ``p_values`` are one-sided (a map kept above chance).
-    Shuffles run in blocks of at most ``max_elements`` map values."""
-    env_index = check_samples(activity, position, env, None)
-    maps = environment_maps(activity, position, env_index, n_bins)  # [envs, units, bins]
-    n_envs, units, _ = maps.shape
-    visited = ~torch.isnan(maps[:, 0]).cpu()  # [envs, bins], the same for every unit
-    bins = torch.arange(n_bins)
-    # visited bins in order, then the unvisited ones: where each dealt value goes
-    targets = torch.where(visited, 0, n_bins) + bins
-    targets = targets.argsort(-1)
-    null = []
-    chunk = max(1, max_elements // (maps.numel() * 3))
-    for start in range(0, n_shuffles, chunk):
-        count = min(chunk, n_shuffles - start)
-        keys = torch.rand(count, n_envs, n_bins, generator=generator, dtype=torch.float64)
-        # visited bins in a random order, then the unvisited ones in order
-        sources = torch.where(visited, keys, 1 + bins / n_bins).argsort(-1)
-        index = torch.empty_like(sources).scatter_(-1, targets.expand_as(sources), sources)
-        index = index.to(maps.device)[:, :, None, :].expand(-1, -1, units, -1)
-        dealt = maps.expand(count, -1, -1, -1).gather(-1, index)  # [count, envs, units, bins]
-        first, second = torch.triu_indices(n_envs, n_envs, offset=1)
-        r = map_correlation(dealt[:, first], dealt[:, second])  # [count, pairs, units]
-        null.append(torch.nanmean(r, 1))
-    return summarise_null(cross_environment_r(maps), torch.cat(null))
+    """``remap_r`` [units] against activity unrelated to the layout: circular shifts by
+    whole sequences (:func:`analysis.stats.sequence_shift_null`) pair each unit's activity
+    with the walk of another sequence (one offset per unit and shuffle). acts [sequences,
+    pos, units], mask [sequences, pos] the tokens scored; position and env [n] are the
+    latents of those tokens in ``acts[mask]`` order (as in :func:`remapping_scores`).
+    ``p_values`` are one-sided: a map kept above chance."""
+    if acts.ndim != 3 or mask.shape != acts.shape[:2]:
+        raise ValueError(
+            f"expected acts [sequences, pos, units] and mask [sequences, pos], got "
+            f"{tuple(acts.shape)} and {tuple(mask.shape)}"
+        )
+    env_index = environment_index(int(mask.sum()), position, env)
+
+    def remap_r(activity: torch.Tensor) -> torch.Tensor:
+        # rounded, so that the same maps summed in another order (shuffles run as blocks
+        # of units) tie with the observed value: a unit the shifts leave unchanged gets p = 1
+        r = cross_environment_r(environment_maps(activity, position, env_index, n_bins))
+        return r.round(decimals=10)
+
+    return sequence_shift_null(
+        remap_r, acts, mask.bool(), n_shuffles=n_shuffles, generator=generator
+    )
 
 
-def check_samples(activity, position, env, walk) -> torch.Tensor:
-    """Validate the samples' shapes; the environment of each sample as ``0..n_envs - 1``."""
-    if activity.ndim != 2:
-        raise ValueError(f"activity must be [samples, units], got {tuple(activity.shape)}")
-    n = activity.shape[0]
+def environment_index(n: int, position, env, walk=None) -> torch.Tensor:
+    """Validate the latents of ``n`` samples; the environment of each as ``0..n_envs - 1``."""
     for name, value in (("position", position), ("env", env), ("walk", walk)):
         if value is not None and value.shape != (n,):
             raise ValueError(f"{name} must be [samples={n}], got {tuple(value.shape)}")

@@ -1,6 +1,7 @@
 """Remapping across environments: the vectorised scores against a loop-by-loop NumPy
 reference, and against units whose behaviour across environments is known (stable on the
-structure, remapping with the symbols, conjunctive, mixed, noise); the null for remap_r."""
+structure, remapping with the symbols, conjunctive, mixed, noise, noise smooth in time);
+the null for remap_r."""
 
 import math
 
@@ -15,13 +16,19 @@ N_ENVS, WALKS = 4, 6
 
 
 def environments(seed=0, n_envs=N_ENVS, walks=WALKS, **fields):
-    """Observation tokens of graph_nav walks in several environments: node, symbol, env,
-    walk [n] and the task."""
+    """graph_nav walks in several environments: node, symbol (shown at the node), env and
+    walk [sequences, pos] of every token, the observation tokens ``at`` [sequences, pos]."""
     task = build_task("graph_nav", {"width": 6, "height": 6, "n_steps": 60, **fields})
     batch = task.sample_environments(n_envs, walks, torch.Generator().manual_seed(seed))
-    at = batch.latents["is_obs"]
-    pick = {k: batch.latents[k][at] for k in ("node", "env", "walk")}
-    return pick["node"], batch.inputs[at], pick["env"], pick["walk"], task
+    obs = batch.inputs[:, 0::2]
+    grid = {k: batch.latents[k] for k in ("node", "env", "walk")}
+    grid["symbol"] = torch.stack([obs, obs], 2).flatten(1)  # an action token's node's symbol
+    return grid, batch.latents["is_obs"]
+
+
+def observed(grid, at):
+    """node, symbol, env, walk [n] of the observation tokens."""
+    return tuple(grid[k][at] for k in ("node", "symbol", "env", "walk"))
 
 
 # ----------------------------------------------------------------------------- reference
@@ -76,7 +83,7 @@ def reference_scores(activity, position, env, walk, n_bins):
 
 
 def test_scores_match_the_loop_reference_with_unvisited_bins_and_undefined_maps():
-    node, symbol, env, walk, task = environments(seed=1)
+    node, _, env, walk = observed(*environments(seed=1))
     g = torch.Generator().manual_seed(0)
     n = len(node)
     table = torch.randn(5, 36, generator=g)
@@ -101,7 +108,7 @@ def test_scores_match_the_loop_reference_with_unvisited_bins_and_undefined_maps(
 
 
 def test_env_ids_need_not_be_consecutive():
-    node, _, env, walk, _ = environments()
+    node, _, env, walk = observed(*environments())
     activity = torch.randn(len(node), 3, generator=torch.Generator().manual_seed(0))
     a = remapping_scores(activity, node, env, walk, 36)
     b = remapping_scores(activity, node, 1000 * env + 7, walk, 36)
@@ -120,23 +127,29 @@ def test_map_correlation_is_pearson_over_the_bins_visited_in_both():
 # ----------------------------------------------------------------------------- ground truth
 
 
-def known_units(node, symbol, g, n_each=20, noise=0.3):
-    """[n, 5 * n_each] units of known behaviour across environments, and their kinds."""
-    n = len(node)
+def known_units(grid, g, n_each=20, noise=0.3):
+    """[sequences, pos, 6 * n_each] units of known behaviour across environments, and
+    their kinds."""
+    node, symbol = grid["node"], grid["symbol"]
 
     def table(*shape):
-        return torch.randn(n_each, *shape, generator=g)
+        return torch.randn(*shape, n_each, generator=g)
 
-    place, sensory = table(36)[:, node].T, table(8)[:, symbol].T
+    place, sensory = table(36)[node], table(8)[symbol]
     gain = table(8)
-    gain = gain - gain.mean(1, keepdim=True)  # zero mean over the alphabet
-    conjunctive = place * gain[:, symbol].T  # a place's tuning, signed by the symbol there
-    mixed = (table(36)[:, node].T + table(8)[:, symbol].T) / math.sqrt(2)
-    pure = torch.randn(n, n_each, generator=g)
-    units = torch.cat([place, sensory, conjunctive, mixed], 1)
+    gain = gain - gain.mean(0)  # zero mean over the alphabet
+    conjunctive = place * gain[symbol]  # a place's tuning, signed by the symbol there
+    mixed = (table(36)[node] + table(8)[symbol]) / math.sqrt(2)
+    units = torch.cat([place, sensory, conjunctive, mixed], -1)
     units = units + noise * torch.randn(units.shape, generator=g)
-    kinds = ["stable", "remapping", "conjunctive", "mixed", "noise"]
-    return torch.cat([units, pure], 1), [k for k in kinds for _ in range(n_each)]
+    pure = torch.randn(*node.shape, n_each, generator=g)
+    # noise autocorrelated in time (AR(1), 0.95 per token): maps smooth along the walks
+    drift = torch.randn(*node.shape, n_each, generator=g)
+    for t in range(1, drift.shape[1]):
+        drift[:, t] = 0.95 * drift[:, t - 1] + math.sqrt(1 - 0.95**2) * drift[:, t]
+    kinds = ["stable", "remapping", "conjunctive", "mixed", "noise", "drift"]
+    units = torch.cat([units, pure, drift], -1)
+    return units, [k for k in kinds for _ in range(n_each)]
 
 
 def by_kind(values, kinds):
@@ -144,9 +157,10 @@ def by_kind(values, kinds):
 
 
 def test_structural_units_keep_their_maps_sensory_and_conjunctive_ones_remap():
-    node, symbol, env, walk, _ = environments(n_symbols=8)
-    activity, kinds = known_units(node, symbol, torch.Generator().manual_seed(0))
-    scores = remapping_scores(activity, node, env, walk, 36)
+    grid, at = environments(n_symbols=8)
+    acts, kinds = known_units(grid, torch.Generator().manual_seed(0))
+    node, _, env, walk = observed(grid, at)
+    scores = remapping_scores(acts[at], node, env, walk, 36)
     remap, stable, index = (
         by_kind(getattr(scores, k), kinds) for k in ("remap_r", "stability_r", "remap_index")
     )
@@ -160,40 +174,41 @@ def test_structural_units_keep_their_maps_sensory_and_conjunctive_ones_remap():
     # there set, so they correlate by chance more widely
     assert (index["remapping"] > 0.6).all()
     assert 0.3 < remap["mixed"].mean() < 0.7 and 0.3 < index["mixed"].mean() < 0.7
-    assert remap["noise"].mean().abs() < 0.1 and stable["noise"].mean().abs() < 0.1
+    for kind in ("noise", "drift"):
+        assert remap[kind].mean().abs() < 0.1 and stable[kind].mean().abs() < 0.15
 
 
-def test_the_null_finds_kept_maps_and_stays_at_its_level_for_the_rest():
-    node, symbol, env, walk, _ = environments(n_symbols=8)
-    activity, kinds = known_units(node, symbol, torch.Generator().manual_seed(1), n_each=40)
+def test_the_null_finds_kept_maps_and_holds_its_level_for_maps_smooth_or_not():
+    grid, at = environments(n_symbols=8)
+    acts, kinds = known_units(grid, torch.Generator().manual_seed(1), n_each=40)
+    node, _, env, walk = observed(grid, at)
     g = torch.Generator().manual_seed(2)
-    null = remap_null(activity, node, env, 36, n_shuffles=199, generator=g)
-    scores = remapping_scores(activity, node, env, walk, 36)
+    null = remap_null(acts, at, node, env, 36, n_shuffles=199, generator=g)
+    scores = remapping_scores(acts[at], node, env, walk, 36)
     torch.testing.assert_close(null.observed, scores.remap_r)
     p = by_kind(null.p_values, kinds)
     assert (p["stable"] < 0.01).all()
-    # remapping and noise units: p-values of a valid null (about 5% below 0.05)
-    for kind in ("remapping", "noise"):
-        assert (p[kind] < 0.05).float().mean() < 0.15
-        assert 0.35 < p[kind].mean() < 0.65
-    assert null.null.abs().mean() < 0.2  # the dealt maps correlate about 0
+    # units with no layout kept across environments: p-values of a valid null (about 5%
+    # below 0.05), also for the drift units, whose maps are smooth noise
+    for kind in ("remapping", "noise", "drift"):
+        assert (p[kind] < 0.05).float().mean() < 0.15, kind
+        assert 0.3 < p[kind].mean() < 0.7, kind
 
 
-def test_the_null_deals_values_only_over_the_bins_an_environment_visited():
-    """Environment 0 visits nodes 0..17, environment 1 only nodes 0..2: every dealt pair of
-    maps still overlaps on exactly nodes 0..2, so every null value is defined (dealing over
-    all bins would move environment 1's three bins off environment 0's most of the time)."""
-    node, _, env, _, _ = environments()
-    keep = ((env == 0) & (node < 18)) | ((env == 1) & (node < 3))
-    activity = torch.randn(int(keep.sum()), 3, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(1)
-    null = remap_null(activity, node[keep], env[keep], 36, n_shuffles=200, generator=g)
-    assert torch.isfinite(null.null).all()
-    assert len(null.null.unique()) > 20
+def test_a_function_of_time_alone_keeps_no_layout():
+    """Units of the step index only are unchanged by sequence shifts: p = 1."""
+    grid, at = environments()
+    t = torch.arange(at.shape[1], dtype=torch.float64)
+    acts = torch.stack([torch.cos(0.05 * t), torch.exp(-((t - 40) ** 2) / 50)], -1)
+    acts = acts.expand(at.shape[0], -1, -1)
+    node, _, env, _ = observed(grid, at)
+    null = remap_null(acts, at, node, env, 36, n_shuffles=50)
+    assert (null.p_values == 1).all()
 
 
 def test_bad_samples_are_refused_with_the_expected_shapes():
-    node, _, env, walk, _ = environments()
+    grid, at = environments()
+    node, _, env, walk = observed(grid, at)
     activity = torch.randn(len(node), 2)
     with pytest.raises(ValueError, match=r"activity must be \[samples, units\]"):
         remapping_scores(activity[:, 0], node, env, walk, 36)
@@ -205,3 +220,8 @@ def test_bad_samples_are_refused_with_the_expected_shapes():
         remapping_scores(activity, node, env, walk, 8)
     with pytest.raises(ValueError, match="walk indices must be >= 0"):
         remapping_scores(activity, node, env, walk - 1, 36)
+    acts = torch.randn(*at.shape, 2)
+    with pytest.raises(ValueError, match=r"acts \[sequences, pos, units\] and mask"):
+        remap_null(acts[0], at, node, env, 36)
+    with pytest.raises(ValueError, match=rf"position must be \[samples={len(node)}\]"):
+        remap_null(acts, at, node[:-1], env, 36)

@@ -30,7 +30,7 @@ ALPHA = 0.05
 def remapping_table(task, networks: dict, seed: int, n_envs=6, walks_per_env=8, n_shuffles=199):
     """One row per network and hook: medians over units of remap_r and stability_r, the
     fraction of units with a reliable map (stability_r > 0.5) and their median remap_index,
-    and the fraction of units whose remap_r beats its bin-dealing null (``kept``).
+    and the fraction of units whose remap_r beats its null (``kept``).
     ``networks``: name -> (model, hooks)."""
     batch = task.sample_environments(n_envs, walks_per_env, generator(seed, PROBE, 0))
     (spec,) = task.environment_maps()
@@ -40,11 +40,11 @@ def remapping_table(task, networks: dict, seed: int, n_envs=6, walks_per_env=8, 
             store = cache_activations(model, iter([batch]), hooks, Path(tmp) / name, "cpu", False)
             for hook in hooks:
                 acts, lat = store.load(hook, [spec.latent, spec.env, spec.walk, spec.at])
-                at = lat[spec.at].bool()
-                act, pos, env = acts[at].double(), lat[spec.latent][at], lat[spec.env][at]
-                scores = remapping_scores(act, pos, env, lat[spec.walk][at], spec.n_bins)
+                acts, at = acts.double(), lat[spec.at].bool()
+                pos, env = lat[spec.latent][at], lat[spec.env][at]
+                scores = remapping_scores(acts[at], pos, env, lat[spec.walk][at], spec.n_bins)
                 g = torch.Generator().manual_seed(seed)
-                null = remap_null(act, pos, env, spec.n_bins, n_shuffles, generator=g)
+                null = remap_null(acts, at, pos, env, spec.n_bins, n_shuffles, generator=g)
                 reliable = scores.stability_r > 0.5
                 rows.append(
                     {
