@@ -11,6 +11,7 @@ from tasks.materialize import dataset_batch, materialize
 from tasks.registry import TASKS, build_task, task_config
 from tasks.targets import (
     ArenaMaps,
+    EnvironmentMaps,
     GraphMaps,
     MapSpec,
     ProbeTarget,
@@ -26,6 +27,7 @@ __all__ = [
     "ArenaMaps",
     "Batch",
     "Curve",
+    "EnvironmentMaps",
     "GraphMaps",
     "MapSpec",
     "ProbeTarget",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tasks.targets import MapSpec, ProbeTarget
+from tasks.targets import EnvironmentMaps, MapSpec, ProbeTarget
 
 IGNORE_INDEX = -100
 """Target value of positions that are not scored (as in ``F.cross_entropy``)."""
@@ -77,6 +77,24 @@ def accuracy_by(correct: torch.Tensor, key: torch.Tensor, n_values: int, x=None)
     return Curve(x.double(), sums, counts)
 
 
+def environment_of(n_envs: int, walks_per_env: int) -> torch.Tensor:
+    """[n_envs * walks_per_env] the environment of each walk, environment-major."""
+    if n_envs < 1 or walks_per_env < 1:
+        raise ValueError(
+            f"need n_envs >= 1 and walks_per_env >= 1, got {n_envs} and {walks_per_env}"
+        )
+    return torch.arange(n_envs).repeat_interleave(walks_per_env)
+
+
+def label_environments(batch: Batch, walks_per_env: int) -> Batch:
+    """``batch`` (walks grouped by environment, environment-major) with the latents ``env``
+    and ``walk`` [batch, pos] (int64) added."""
+    index = torch.arange(batch.batch_size)[:, None].expand(-1, batch.seq_len)
+    batch.latents["env"] = index // walks_per_env
+    batch.latents["walk"] = index % walks_per_env
+    return batch
+
+
 class Task:
     """Base class of every task.
 
@@ -86,7 +104,8 @@ class Task:
     the cell census read: :meth:`probe_targets` and :meth:`rate_maps` (a task that does not
     is refused by :func:`tasks.build_task`). The default objective is next-token
     cross-entropy on ``targets``; tasks with other objectives override :meth:`loss` and
-    :meth:`metrics`.
+    :meth:`metrics`. Tasks whose environments share a structure but not its symbols
+    implement :meth:`sample_environments` and declare :meth:`environment_maps` (remapping).
     """
 
     name: str
@@ -106,6 +125,23 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Draw ``batch_size`` independent sequences (each in its own environment)."""
         raise NotImplementedError
+
+    def sample_environments(
+        self, n_envs: int, walks_per_env: int, generator: torch.Generator
+    ) -> Batch | None:
+        """``n_envs * walks_per_env`` sequences grouped by environment (environment-major:
+        the walks of environment 0 first): environments share the structure (graph, track)
+        and redraw the symbols; the walks of one environment see the same symbol at the
+        same place. Latents as :meth:`sample`'s, ``env_id`` shared by the walks of an
+        environment, plus ``env`` (``0..n_envs - 1``) and ``walk`` (the walk's index in its
+        environment), see :func:`label_environments`. None for a task without
+        environments (the default)."""
+        return None
+
+    def environment_maps(self) -> tuple[EnvironmentMaps, ...]:
+        """How activity is binned for remapping across the environments of
+        :meth:`sample_environments` (see :mod:`tasks.targets`); () without environments."""
+        return ()
 
     def probe_targets(self) -> tuple[ProbeTarget, ...]:
         """The latents probes decode, with their kind and the tokens they are read at."""

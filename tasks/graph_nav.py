@@ -38,8 +38,16 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import IGNORE_INDEX, Batch, Curve, Task, accuracy_by
-from tasks.targets import GraphMaps, ProbeTarget
+from tasks.base import (
+    IGNORE_INDEX,
+    Batch,
+    Curve,
+    Task,
+    accuracy_by,
+    environment_of,
+    label_environments,
+)
+from tasks.targets import EnvironmentMaps, GraphMaps, ProbeTarget
 
 ACTION_NAMES = ("north", "east", "south", "west", "stay")
 ACTION_DXY = torch.tensor([[0, 1], [1, 0], [0, -1], [-1, 0], [0, 0]])  # [action, xy]
@@ -291,7 +299,8 @@ class GraphNavTask(Task):
       tokens only (False elsewhere): zero_shot, visited_before (see
       :func:`link_inference_flags`), both about the node the move arrives at, and
       loop_length (moves since the arrival node was last visited; -1 on first visits and
-      at observation tokens).
+      at observation tokens). Batches of :meth:`sample_environments` (several walks in each
+      of several environments: the same graph, symbols redrawn) add env and walk.
     """
 
     name = "graph_nav"
@@ -307,10 +316,29 @@ class GraphNavTask(Task):
         self.chance_accuracy = 1 / c.n_symbols
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        nodes, actions = self.graph.walk(self.config.n_steps, batch_size, generator)
+        symbols, env_id = self._draw_environments(batch_size, generator)
+        return self._walk_batch(nodes, actions, symbols, env_id)
+
+    def sample_environments(
+        self, n_envs: int, walks_per_env: int, generator: torch.Generator
+    ) -> Batch:
+        env = environment_of(n_envs, walks_per_env)
+        nodes, actions = self.graph.walk(self.config.n_steps, len(env), generator)
+        symbols, env_id = self._draw_environments(n_envs, generator)
+        batch = self._walk_batch(nodes, actions, symbols[env], env_id[env])
+        return label_environments(batch, walks_per_env)
+
+    def _draw_environments(self, n: int, generator: torch.Generator):
+        """``n`` environments: symbols [n, n_nodes] (one per node) and env_id [n]."""
+        symbols = torch.randint(self.config.n_symbols, (n, self.graph.n_nodes), generator=generator)
+        return symbols, torch.randint(2**62, (n,), generator=generator)
+
+    def _walk_batch(self, nodes, actions, symbols, env_id) -> Batch:
+        """The batch of walks nodes [B, T+1] and actions [B, T] in environments symbols
+        [B, n_nodes] and env_id [B] (one per walk)."""
         c, g = self.config, self.graph
-        nodes, actions = g.walk(c.n_steps, batch_size, generator)  # [B, T+1], [B, T]
-        symbols = torch.randint(c.n_symbols, (batch_size, g.n_nodes), generator=generator)
-        env_id = torch.randint(2**62, (batch_size,), generator=generator)
+        batch_size = len(nodes)
         obs = symbols.gather(1, nodes)  # [B, T+1]
         zero_shot, seen = link_inference_flags(nodes, g.n_nodes)
         loop = steps_since_last_visit(nodes, g.n_nodes)
@@ -343,6 +371,9 @@ class GraphNavTask(Task):
     def rate_maps(self) -> tuple[GraphMaps, ...]:
         xy = tuple(tuple(float(v) for v in row) for row in self.graph.node_xy.tolist())
         return (GraphMaps(node_xy=xy, at="is_obs"),)
+
+    def environment_maps(self) -> tuple[EnvironmentMaps, ...]:
+        return (EnvironmentMaps("node", self.graph.n_nodes, at="is_obs"),)
 
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:

@@ -21,7 +21,9 @@ Latents (per token, [batch, pos]): ``pos`` (int position), ``pos_xy`` [.., 2] fl
 ``direction`` (heading, +1/-1, of the
 move made from this position), ``travel`` (the same as a class: 0 for +1, 1 for -1),
 ``node``, ``env_id``, ``step``, ``is_obs``, ``visited_before`` (at scored tokens: the
-position reached next was seen before).
+position reached next was seen before); batches of :meth:`LinearTrackTask.sample_environments`
+(several walks in each of several environments: the same track, symbols redrawn) add
+``env`` and ``walk``.
 
 :meth:`LinearTrackTask.transition_matrix` is the walk's exact Markov chain over
 (position, heading) states, from which the successor representation follows analytically.
@@ -33,9 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import IGNORE_INDEX, Batch, Task
+from tasks.base import IGNORE_INDEX, Batch, Task, environment_of, label_environments
 from tasks.graph_nav import interleave, occurred_before
-from tasks.targets import ProbeTarget, TrackMaps
+from tasks.targets import EnvironmentMaps, ProbeTarget, TrackMaps
 
 MOVES = torch.tensor([1, -1, 0])  # action -> displacement
 
@@ -115,10 +117,30 @@ class LinearTrackTask(Task):
         self.seq_len = (2 if c.show_actions else 1) * c.n_steps
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        positions, headings, actions = directed_walk(self.config, batch_size, generator)
+        symbols, env_id = self._draw_environments(batch_size, generator)
+        return self._walk_batch(positions, headings, actions, symbols, env_id)
+
+    def sample_environments(
+        self, n_envs: int, walks_per_env: int, generator: torch.Generator
+    ) -> Batch:
+        env = environment_of(n_envs, walks_per_env)
+        positions, headings, actions = directed_walk(self.config, len(env), generator)
+        symbols, env_id = self._draw_environments(n_envs, generator)
+        batch = self._walk_batch(positions, headings, actions, symbols[env], env_id[env])
+        return label_environments(batch, walks_per_env)
+
+    def _draw_environments(self, n: int, generator: torch.Generator):
+        """``n`` environments: symbols [n, n_positions] (one per position) and env_id [n]."""
         c = self.config
-        positions, headings, actions = directed_walk(c, batch_size, generator)
-        symbols = torch.randint(c.n_symbols, (batch_size, c.n_positions), generator=generator)
-        env_id = torch.randint(2**62, (batch_size,), generator=generator)
+        symbols = torch.randint(c.n_symbols, (n, c.n_positions), generator=generator)
+        return symbols, torch.randint(2**62, (n,), generator=generator)
+
+    def _walk_batch(self, positions, headings, actions, symbols, env_id) -> Batch:
+        """The batch of walks (:func:`directed_walk`'s positions [B, T+1], headings and
+        actions [B, T]) in environments symbols [B, n_positions] and env_id [B]."""
+        c = self.config
+        batch_size = len(positions)
         obs = symbols.gather(1, positions)  # [B, T+1]
         here = positions[:, :-1]
         seen = occurred_before(positions)[:, 1:]  # the target position was seen before
@@ -171,6 +193,9 @@ class LinearTrackTask(Task):
 
     def rate_maps(self) -> tuple[TrackMaps, ...]:
         return (TrackMaps(self.config.n_positions, at="is_obs"),)
+
+    def environment_maps(self) -> tuple[EnvironmentMaps, ...]:
+        return (EnvironmentMaps("pos", self.config.n_positions, at="is_obs"),)
 
     def transition_matrix(self) -> torch.Tensor:
         """[2 n, 2 n] float64 row-stochastic transitions between the states (position p,

@@ -131,3 +131,26 @@ class TuningMaps:
 
 
 MapSpec = ArenaMaps | GraphMaps | TrackMaps | TimeMaps | RouteMaps | TuningMaps
+
+
+# ----------------------------------------------------------------------------- remapping
+# Not a rate-map kind of the census: batches of :meth:`tasks.Task.sample_environments`, in
+# which several environments share the structure but not the symbols.
+
+
+@dataclass(frozen=True)
+class EnvironmentMaps:
+    """Remapping across environments: rate maps over an integer position ``latent``
+    (``0..n_bins - 1``) in each environment (``env``, ``0..n_envs - 1``), and in two halves
+    of each environment's walks (``walk``: even and odd walks) for the maps' reliability
+    (see :mod:`analysis.remapping`)."""
+
+    latent: str
+    n_bins: int
+    at: str | None = None
+    env: str = "env"
+    walk: str = "walk"
+
+    def __post_init__(self):
+        if self.n_bins < 2:
+            raise ValueError(f"environment maps over {self.latent!r}: n_bins must be >= 2")
