@@ -8,11 +8,15 @@ the ``torch.Generator`` passed in, so the same seed always gives the same data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from tasks.targets import MapSpec, ProbeTarget
+
+if TYPE_CHECKING:
+    from tasks.reference import Reference
 
 IGNORE_INDEX = -100
 """Target value of positions that are not scored (as in ``F.cross_entropy``)."""
@@ -86,7 +90,8 @@ class Task:
     the cell census read: :meth:`probe_targets` and :meth:`rate_maps` (a task that does not
     is refused by :func:`tasks.build_task`). The default objective is next-token
     cross-entropy on ``targets``; tasks with other objectives override :meth:`loss` and
-    :meth:`metrics`.
+    :meth:`metrics`. :meth:`reference_predictors` says what a network is compared with
+    (:mod:`tasks.reference`).
     """
 
     name: str
@@ -114,6 +119,15 @@ class Task:
     def rate_maps(self) -> tuple[MapSpec, ...]:
         """How activity is binned for the cell census (see :mod:`tasks.targets`)."""
         raise NotImplementedError
+
+    def reference_predictors(self) -> tuple[Reference, ...]:
+        """Fresh, unfitted predictors that lack what a study is about, scored beside the
+        network (:mod:`tasks.reference`). Default: ``history_free``, ``clock`` and
+        ``unigram`` for token inputs, none for continuous ones (such a task declares its
+        own)."""
+        from tasks.reference import token_references  # it builds on this module
+
+        return token_references() if self.d_vocab_in is not None else ()
 
     def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
         """Accuracy-like curves of one evaluation batch, ``name -> Curve`` (e.g. accuracy by
