@@ -127,7 +127,12 @@ def fit_references(
         batch = task.sample(FIT_CHUNK, generator_of(index))
         for ref in hungry:
             ref.observe(task, batch)
-        seen += scored_targets(batch)
+        scored = scored_targets(batch)
+        if not scored:
+            raise ValueError(
+                f"task {task.name!r}: a sample of {FIT_CHUNK} sequences scores nothing"
+            )
+        seen += scored
         index += 1
     for ref in references.values():
         ref.finish()
