@@ -9,9 +9,11 @@ metrics and curves), ``probes.csv``, ``cells.csv`` and ``census.csv`` (probing a
 
 ============== ===========================================================================
 runs.csv       one row per run: keys, task, architecture, n_params, steps, train_seconds,
-               converged (the study's gate), gate, gate_value, and the headline metrics
-metrics.csv    run keys, metric, hook ('' for run-level), value: final eval metrics,
-               census summaries, study analyses
+               converged (the study's gate), gate, gate_value, gate_reference,
+               gate_reference_value, gate_closed (see :class:`Gate`), the headline metrics
+metrics.csv    run keys, metric, hook ('' for run-level), value: final eval metrics, the
+               reference predictors' (``<reference>_<metric>``), gate_closed, census
+               summaries, study analyses
 curves.csv     run keys, source ('network' or a baseline), curve, hook, x, value, count
 probes.csv     run keys + :data:`probes.run.COLUMNS`
 cells.csv      run keys + :data:`analysis.census.CELL_COLUMNS`
@@ -38,23 +40,72 @@ PER_RUN_TABLES = ("probes", "cells", "census", "curves", "metrics", "causal", "p
 
 @dataclass(frozen=True)
 class Gate:
-    """A run is converged when its final eval ``metric`` is at least (``above``) or at
-    most ``threshold``; ``why`` says what that means for the task."""
+    """When a run counts as trained: its final eval ``metric`` closes at least ``closes``
+    of the gap between the best of its ``references`` (reference predictors scored on the
+    same batches, :mod:`tasks.reference`) and a perfect score ``best``::
+
+        closed = (network - reference) / (best - reference) >= closes
+
+    The same formula serves higher-is-better metrics (accuracy, ``best = 1``) and
+    lower-is-better ones (an error or a KL, ``best = 0``); the best reference is the one
+    nearest ``best``. A reference that is already perfect leaves no gap: no run passes.
+    ``why`` says what passing means for the study."""
 
     metric: str
-    threshold: float
-    above: bool = True
+    references: tuple[str, ...] = ("history_free",)
+    closes: float = 0.5
+    best: float = 1.0
     why: str = ""
 
-    def passes(self, final: dict[str, Any]) -> bool | None:
-        """Whether ``final`` passes (None where the metric is missing)."""
+    def __post_init__(self):
+        if not self.references:
+            raise ValueError(f"gate on {self.metric!r}: name at least one reference predictor")
+        if not 0 < self.closes <= 1:
+            raise ValueError(
+                f"gate on {self.metric!r}: closes must be in (0, 1], got {self.closes}"
+            )
+
+    def judge(self, final: dict[str, Any], references: dict[str, dict[str, Any]]) -> GateResult:
+        """The gate on a run's ``final`` metrics, against its ``references`` (name -> the
+        reference's metrics, as in ``summary.json``); every named reference must be there."""
+        missing = [name for name in self.references if name not in references]
+        if missing:
+            raise KeyError(
+                f"no reference predictor {missing} for the gate on {self.metric!r}; "
+                f"the run has {sorted(references)}"
+            )
+        scored = [
+            (name, value)
+            for name in self.references
+            if (value := references[name].get(self.metric)) is not None
+        ]
         value = final.get(self.metric)
+        if not scored:
+            return GateResult(None, None, value, None, None)
+        name, reference = min(scored, key=lambda item: abs(self.best - item[1]))
         if value is None:
-            return None
-        return value >= self.threshold if self.above else value <= self.threshold
+            return GateResult(name, reference, None, None, None)
+        if reference == self.best:
+            return GateResult(name, reference, value, None, False)
+        closed = (value - reference) / (self.best - reference)
+        return GateResult(name, reference, value, closed, closed >= self.closes)
 
     def describe(self) -> str:
-        return f"{self.metric} {'>=' if self.above else '<='} {self.threshold:g}"
+        refs = " or ".join(self.references)
+        return f"{self.metric} closes >= {self.closes:g} of the gap from {refs} to {self.best:g}"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """A gate applied to one run: the best reference (its name and its value of the gated
+    metric), the network's value, the fraction of the gap it closed and whether that
+    passes (None where a value is missing)."""
+
+    reference: str | None
+    reference_value: float | None
+    value: float | None
+    closed: float | None
+    passed: bool | None
 
 
 @dataclass(frozen=True)
@@ -76,8 +127,11 @@ def collect(records: list[RunRecord]) -> dict[str, pd.DataFrame]:
     runs, metrics, curves = [], [], []
     per_run: dict[str, list[pd.DataFrame]] = {name: [] for name in PER_RUN_TABLES}
     for record in records:
-        summary = read_json(record.run_dir / "summary.json", "run summary (train the run first)")
+        path = record.run_dir / "summary.json"
+        summary = read_json(path, "run summary (train the run first)")
         final = summary["final"]
+        references = summary.get("references", {})
+        gate = _judge(record.gate, final, references, path)
         extra = _read_csv(record.run_dir / "metrics.csv")
         census = _read_csv(record.run_dir / "census.csv")
         scalars = {**final}
@@ -92,15 +146,23 @@ def collect(records: list[RunRecord]) -> dict[str, pd.DataFrame]:
             "n_params": summary["n_params"],
             "steps": summary["steps"],
             "train_seconds": summary["train_seconds"],
-            "converged": None if record.gate is None else record.gate.passes(final),
+            "converged": gate.passed,
             "gate": None if record.gate is None else record.gate.describe(),
-            "gate_value": None if record.gate is None else final.get(record.gate.metric),
+            "gate_value": gate.value,
+            "gate_reference": gate.reference,
+            "gate_reference_value": gate.reference_value,
+            "gate_closed": gate.closed,
         }
         row.update({name: scalars.get(name) for name in record.headline})
         runs.append(row)
+        run_level = {**final, "chance_accuracy": summary["chance_accuracy"]}
+        for reference, values in references.items():
+            run_level.update({f"{reference}_{name}": value for name, value in values.items()})
+        if record.gate is not None:
+            run_level["gate_closed"] = gate.closed
         metrics += [
             {**record.keys, "metric": name, "hook": "", "value": value}
-            for name, value in {**final, "chance_accuracy": summary["chance_accuracy"]}.items()
+            for name, value in run_level.items()
         ]
         curves += [{**record.keys, "source": "network", "hook": "", **c} for c in summary["curves"]]
         for name in PER_RUN_TABLES:
@@ -115,6 +177,21 @@ def collect(records: list[RunRecord]) -> dict[str, pd.DataFrame]:
         if frames:
             tables[name] = pd.concat(frames, ignore_index=True)
     return tables
+
+
+def _judge(gate: Gate | None, final: dict, references: dict, path: Path) -> GateResult:
+    """``gate`` on one run (all None without a gate); ``path``: its summary, for errors."""
+    if gate is None:
+        return GateResult(None, None, None, None, None)
+    if not references:
+        raise ValueError(
+            f"{path}: no reference predictors' metrics (written before they existed); delete "
+            "it and run the train stage again (only the final evaluation runs again)"
+        )
+    try:
+        return gate.judge(final, references)
+    except KeyError as error:
+        raise ValueError(f"{path}: {error.args[0]}") from None
 
 
 def aggregate(metrics: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
-TRAIN, EVAL, PROBE, CENSUS, CAUSAL = range(5)
+TRAIN, EVAL, PROBE, CENSUS, CAUSAL, REFERENCE = range(6)
 """Stream ids: training batches, evaluation batches, held-out probe/census environments
-(activations are cached from these), shuffle nulls, causal interventions."""
+(activations are cached from these), shuffle nulls, causal interventions, the sample the
+reference predictors are fit on (:mod:`tasks.reference`)."""
 
 
 def generator(seed: int, stream: int, index: int) -> torch.Generator:

@@ -5,7 +5,8 @@
 config), ``checkpoint.safetensors`` (weights, AdamW state, step, running sums; see
 :mod:`models.checkpoint`), ``timing.json`` (training seconds at each checkpoint),
 ``metrics.jsonl`` (one JSON object per log or eval line) and ``summary.json`` at the end
-(final held-out metrics and curves, recorded in :mod:`lab.provenance`). The command line
+(final held-out metrics and curves, and the reference predictors' metrics on the same
+batches; recorded in :mod:`lab.provenance`). The command line
 is ``python -m studies train`` (see :mod:`studies.cli`).
 
 Batches are a pure function of (seed, step), and nothing else random is drawn, so a
@@ -30,11 +31,12 @@ from lab.config import from_dict, require
 from lab.io import LineLog, atomic_write, read_json, read_json_lines, write_json
 from lab.lock import run_lock
 from lab.provenance import differences, fingerprint
-from lab.streams import EVAL, TRAIN, generator, resolve_device
+from lab.streams import EVAL, REFERENCE, TRAIN, generator, resolve_device
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.registry import count_parameters, to_device
 from models.run import build_run
 from tasks import Curve, Task
+from tasks.reference import fit_references
 
 
 @dataclass
@@ -124,32 +126,51 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 @torch.no_grad()
 def evaluate(
     model, task: Task, seed: int, config: TrainConfig, device, with_curves: bool = False
-) -> dict[str, float | None] | tuple[dict[str, float | None], dict[str, Curve]]:
+) -> dict[str, float | None] | tuple[dict[str, float | None], dict[str, Curve], dict[str, dict]]:
     """Loss and task metrics pooled over fixed held-out batches, for the task and each of
-    its :meth:`~tasks.Task.evaluation_tasks` (keys prefixed, e.g. ``long_accuracy``); with
-    ``with_curves`` also the task's :meth:`~tasks.Task.curves`, pooled over every batch of
-    every evaluation task (their x axes say which variant a point comes from)."""
+    its :meth:`~tasks.Task.evaluation_tasks` (keys prefixed, e.g. ``long_accuracy``).
+
+    With ``with_curves`` (the final evaluation) also the task's :meth:`~tasks.Task.curves`,
+    pooled over every batch of every evaluation task (their x axes say which variant a
+    point comes from), and the loss and metrics of each of the task's reference predictors
+    (:mod:`tasks.reference`, fit on the run's ``REFERENCE`` stream) on the same batches,
+    pooled the same way: ``(metrics, curves, {reference: metrics})``."""
     model.eval()
+    references = (
+        fit_references(task, lambda index: generator(seed, REFERENCE, index)) if with_curves else {}
+    )
     sums: dict[str, list[float]] = {}
+    reference_sums: dict[str, dict[str, list[float]]] = {name: {} for name in references}
     curves: dict[str, Curve] = {}
+
+    def pool(into: dict[str, list[float]], prefix: str, evaluation: Task, logits, batch) -> None:
+        results = {"loss": (evaluation.loss(logits, batch).item(), 1)}
+        results.update(evaluation.metrics(logits, batch))
+        for name, (total, count) in results.items():
+            acc = into.setdefault(prefix + name, [0.0, 0])
+            acc[0] += total
+            acc[1] += count
+
     for prefix, evaluation in task.evaluation_tasks().items():
         for index in range(config.eval_batches):
             batch = evaluation.sample(config.batch_size, generator(seed, EVAL, index))
             batch = batch.to(device)
             logits = model(batch.inputs)
-            results = {"loss": (evaluation.loss(logits, batch).item(), 1)}
-            results.update(evaluation.metrics(logits, batch))
-            for name, (total, count) in results.items():
-                acc = sums.setdefault(prefix + name, [0.0, 0])
-                acc[0] += total
-                acc[1] += count
+            pool(sums, prefix, evaluation, logits, batch)
+            for name, reference in references.items():
+                pool(reference_sums[name], prefix, evaluation, reference(batch), batch)
             if with_curves:
                 for name, curve in evaluation.curves(logits, batch).items():
                     curves[name] = curves[name] + curve if name in curves else curve
     model.train()
-    # None (JSON null) where no position of that kind occurred
-    metrics = {name: total / count if count else None for name, (total, count) in sums.items()}
-    return (metrics, curves) if with_curves else metrics
+
+    def means(pooled: dict[str, list[float]]) -> dict[str, float | None]:
+        # None (JSON null) where no position of that kind occurred
+        return {name: total / count if count else None for name, (total, count) in pooled.items()}
+
+    if not with_curves:
+        return means(sums)
+    return means(sums), curves, {name: means(pooled) for name, pooled in reference_sums.items()}
 
 
 def curve_rows(curves: dict[str, Curve]) -> list[dict]:
@@ -252,7 +273,7 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
             if stop_at is not None and done >= stop_at:
                 return {}
     seconds = _seconds_at(out_dir, config.steps)  # the time of the final checkpoint
-    final, curves = evaluate(model, task, run["seed"], config, device, with_curves=True)
+    final, curves, references = evaluate(model, task, run["seed"], config, device, with_curves=True)
     summary = {
         **{k: run[k] for k in ("study", "condition", "model", "task", "seed")},
         "n_params": count_parameters(model),
@@ -260,6 +281,7 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
         "train_seconds": seconds,
         "tokens_per_second": totals.tokens / seconds if seconds else None,
         "final": final,
+        "references": references,
         "chance_accuracy": task.chance_accuracy,
         "curves": curve_rows(curves),
         "device": str(device),

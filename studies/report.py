@@ -1,6 +1,8 @@
-"""A results section in Markdown, generated from the results tables: per study, the
-headline metrics of every condition and model (mean over seeds, with the 95% bootstrap
-interval when there are several seeds) and how many runs passed the convergence gate.
+"""A results section in Markdown, generated from the results tables: first the gate
+table (per study and condition, the gate's reference predictors, the fraction of their gap
+to a perfect score a run must close, and each architecture's value and gap closed), then
+per study the headline metrics of every condition and model (mean over seeds, with the 95%
+bootstrap interval when there are several seeds) and how many runs passed the gate.
 
 ``python -m studies report --preset small`` writes ``<experiment>/results/README.md``;
 ``--readme`` also replaces the section between the results markers of the repository's
@@ -33,24 +35,80 @@ def study_section(study: Study, tables: dict[str, pd.DataFrame]) -> str:
         return ""
     summary = tables["summary"]
     summary = summary[(summary["study"] == study.name) & (summary["hook"].fillna("") == "")]
-    header = ["condition", "model", "params", "converged", *study.headline]
+    gated = ("gap closed",) if study.gate is not None else ()
+    header = ["condition", "model", "params", "converged", *gated, *study.headline]
     lines = [f"### {study.name}", "", study.question, ""]
     if study.gate is not None:
         lines += [f"Converged: {study.gate.describe()} ({study.gate.why}).", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (condition, model), group in runs.groupby(["condition", "model"], sort=False):
-        cells = [condition, model, f"{int(group['n_params'].median()):,}"]
-        flags = group["converged"].dropna()
-        cells.append(f"{int((flags == True).sum())}/{len(group)}" if len(flags) else "–")  # noqa: E712
-        for metric in study.headline:
-            row = summary[
-                (summary["condition"] == condition)
-                & (summary["model"] == model)
-                & (summary["metric"] == metric)
-            ]
-            cells.append("–" if row.empty else fmt(*row[["mean", "ci_low", "ci_high"]].iloc[0]))
+        cells = [condition, model, f"{int(group['n_params'].median()):,}", passed(group)]
+        metrics = ["gate_closed"] * len(gated) + list(study.headline)
+        cells += [mean_cell(summary, condition, model, metric) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def passed(runs: pd.DataFrame) -> str:
+    """How many of ``runs`` passed their gate, of how many ('–' without a gate)."""
+    flags = runs["converged"].dropna()
+    return f"{int((flags == True).sum())}/{len(runs)}" if len(flags) else "–"  # noqa: E712
+
+
+def mean_cell(summary: pd.DataFrame, condition: str, model: str, metric: str) -> str:
+    """The mean [interval] of ``metric`` over seeds from ``summary`` ('–' if absent)."""
+    row = summary[
+        (summary["condition"] == condition)
+        & (summary["model"] == model)
+        & (summary["metric"] == metric)
+    ]
+    return "–" if row.empty else fmt(*row[["mean", "ci_low", "ci_high"]].iloc[0])
+
+
+def gate_table(studies: list[Study], tables: dict[str, pd.DataFrame]) -> str:
+    """Per study and condition: the gated metric, its reference predictors' values (mean
+    over runs), the fraction of the gap a run must close, and per architecture (its plain
+    arm) the network's value and the gap it closed (means [intervals] over seeds) and how
+    many runs passed."""
+    runs, metrics = tables["runs"], tables["metrics"]
+    summary = tables["summary"][tables["summary"]["hook"].fillna("") == ""]
+    plain = runs[runs["model"] == runs["architecture"]]
+    architectures = list(dict.fromkeys(plain["model"]))
+    header = ["study", "condition", "gate metric", "references", "closes", *architectures]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for study in studies:
+        gate = study.gate
+        ran = runs[runs["study"] == study.name]
+        if gate is None or ran.empty:
+            continue
+        for condition in dict.fromkeys(ran["condition"]):
+            at = metrics[(metrics["study"] == study.name) & (metrics["condition"] == condition)]
+            values = []
+            for name in gate.references:
+                value = pd.to_numeric(at[at["metric"] == f"{name}_{gate.metric}"]["value"])
+                values.append(f"{name} {value.mean():.3g}" if value.notna().any() else f"{name} –")
+            cells = [study.name, condition, gate.metric, ", ".join(values), f"≥ {gate.closes:g}"]
+            here = summary[summary["study"] == study.name]
+            for model in architectures:
+                group = ran[(ran["condition"] == condition) & (ran["model"] == model)]
+                if group.empty:
+                    cells.append("–")
+                    continue
+                value = mean_cell(here, condition, model, gate.metric)
+                closed = mean_cell(here, condition, model, "gate_closed")
+                cells.append(f"{value} ({closed}; {passed(group)})")
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
+    intro = (
+        "**Gates.** A run counts as trained when its gate metric closes at least the given "
+        "fraction of the gap between the best of the study's reference predictors and a "
+        "perfect score: (network − reference) / (perfect − reference). Each reference lacks "
+        "what the study is about: `history_free` sees only the present token, `clock` only "
+        "the step count, `position_free` nothing, `velocity_only` only the present input. "
+        "Per architecture: the network's value (the gap it closes; runs that passed)."
+    )
+    return "\n".join([intro, "", *lines]) + "\n"
 
 
 def report(studies: list[Study], tables: dict[str, pd.DataFrame], command: str) -> str:
@@ -60,9 +118,11 @@ def report(studies: list[Study], tables: dict[str, pd.DataFrame], command: str) 
     parts = [
         f"Generated by `{command}` from `results/*.csv` ({len(runs)} runs, seeds {seeds}). "
         "Values are means over seeds with 95% bootstrap intervals when there are several; "
-        "'converged' counts the runs that passed the study's gate.",
+        "'converged' counts the runs that passed the study's gate, 'gap closed' is how much "
+        "of the gap from its reference to a perfect score they closed.",
         "",
     ]
+    parts += [table] if (table := gate_table(studies, tables)) else []
     parts += [section for study in studies if (section := study_section(study, tables))]
     return "\n".join(parts)
 

@@ -3,7 +3,8 @@
 Registered tasks (``build_task(name, config)``; each module's docstring has the details):
 graph_nav, graph_nav_hex, linear_track, alternation, path_integration, interval_timing,
 copying, group_word, mess3. ``materialize(task, n, seed)`` caches a task as a
-HuggingFace dataset.
+HuggingFace dataset. :mod:`tasks.reference` holds the reference predictors a network is
+compared with (``Task.reference_predictors``).
 """
 
 from tasks.base import IGNORE_INDEX, Batch, Curve, Task

@@ -8,11 +8,15 @@ the ``torch.Generator`` passed in, so the same seed always gives the same data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from tasks.targets import EnvironmentMaps, MapSpec, ProbeTarget
+
+if TYPE_CHECKING:
+    from tasks.reference import Reference
 
 IGNORE_INDEX = -100
 """Target value of positions that are not scored (as in ``F.cross_entropy``)."""
@@ -106,6 +110,8 @@ class Task:
     cross-entropy on ``targets``; tasks with other objectives override :meth:`loss` and
     :meth:`metrics`. Tasks whose environments share a structure but not its symbols
     implement :meth:`sample_environments` and declare :meth:`environment_maps` (remapping).
+    :meth:`reference_predictors` says what a network is compared with
+    (:mod:`tasks.reference`).
     """
 
     name: str
@@ -150,6 +156,15 @@ class Task:
     def rate_maps(self) -> tuple[MapSpec, ...]:
         """How activity is binned for the cell census (see :mod:`tasks.targets`)."""
         raise NotImplementedError
+
+    def reference_predictors(self) -> tuple[Reference, ...]:
+        """Fresh, unfitted predictors that lack what a study is about, scored beside the
+        network (:mod:`tasks.reference`). Default: ``history_free``, ``clock`` and
+        ``unigram`` for token inputs, none for continuous ones (such a task declares its
+        own)."""
+        from tasks.reference import token_references  # it builds on this module
+
+        return token_references() if self.d_vocab_in is not None else ()
 
     def curves(self, logits: torch.Tensor, batch: Batch) -> dict[str, Curve]:
         """Accuracy-like curves of one evaluation batch, ``name -> Curve`` (e.g. accuracy by

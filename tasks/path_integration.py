@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from tasks.base import Batch, Task
+from tasks.reference import Reference
 from tasks.targets import ArenaMaps, ProbeTarget
 
 READOUTS = ("dos", "gaussian", "cartesian")
@@ -166,6 +167,8 @@ class PathIntegrationTask(Task):
         self.centres = (torch.rand(c.n_place_cells, 2, generator=g) * 2 - 1) * half
         n_vel = 2 if c.velocity_input == "cartesian" else 3
         n_init = {"place_cells": c.n_place_cells, "xy": 2, "none": 0}[c.init_input]
+        self.n_velocity = n_vel
+        """Velocity features; the start cue's (zero after step 0) follow them."""
         self.d_input = n_vel + n_init
         self.d_vocab_out = 2 if c.readout == "cartesian" else c.n_place_cells
         self.seq_len = c.n_steps
@@ -229,11 +232,79 @@ class PathIntegrationTask(Task):
         top = logits.topk(min(self.config.decode_top_k, logits.shape[-1]), -1).indices
         return self.centres.to(logits.device)[top].mean(-2)
 
+    def moved_to(self, batch: Batch) -> torch.Tensor:
+        """The position [batch, pos, 2] after each move (what the targets read out)."""
+        lat = batch.latents
+        heading = torch.stack([torch.cos(lat["heading"]), torch.sin(lat["heading"])], -1)
+        return lat["pos_xy"] + self.config.dt * lat["speed"][..., None] * heading
+
+    def reference_predictors(self) -> tuple[PositionReadout, ...]:
+        """``position_free`` (knows no position) and ``velocity_only`` (knows the current
+        input only, so integrates no path): see :class:`PositionReadout`."""
+        return (PositionReadout("position_free", self), PositionReadout("velocity_only", self))
+
     @torch.no_grad()
     def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
         """pos_error: mean distance (m) between decoded and true position after each move."""
-        lat = batch.latents
-        heading = torch.stack([torch.cos(lat["heading"]), torch.sin(lat["heading"])], -1)
-        true = lat["pos_xy"] + self.config.dt * lat["speed"][..., None] * heading  # after move
-        err = (self.decode(logits) - true).norm(dim=-1)
+        err = (self.decode(logits) - self.moved_to(batch)).norm(dim=-1)
         return {"pos_error": (err.sum().item(), err.numel())}
+
+
+class PositionReadout(Reference):
+    """A reference predictor of path integration: it predicts the position after each move
+    from what it sees and emits the task's readout of that position (log-probabilities for
+    the place-cell readouts, the position itself for the Cartesian one).
+
+    ``position_free`` sees nothing: it predicts the centre of the box, the point nearest
+    the agent on average (the walk is symmetric under the box's symmetries, so the centre
+    is the geometric median of its positions). ``velocity_only`` sees the current input:
+    the velocity, and at step 0 the start cue (the only step whose input tells position).
+    It predicts the position by least squares on the input features, fit separately for
+    inputs with and without the start cue.
+    """
+
+    fit_targets = 2**16
+
+    def __init__(self, name: str, task: PathIntegrationTask):
+        if name not in ("position_free", "velocity_only"):
+            raise ValueError(f"unknown predictor {name!r}; valid: 'position_free', 'velocity_only'")
+        self.name, self.task = name, task
+        if name == "position_free":
+            self.fit_targets = 0
+        n = task.d_input + 1
+        # per group (0: no start cue, 1: start cue), features and a constant -> position;
+        # position_free: all 0 (the centre)
+        self.weights = torch.zeros(2, n, 2, dtype=torch.float64)
+        self.xtx = torch.zeros(2, n, n, dtype=torch.float64)  # normal equations of the fit
+        self.xty = torch.zeros(2, n, 2, dtype=torch.float64)
+
+    def features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and a constant [batch, pos, d_input + 1] (float64, CPU) and the group
+        [batch, pos] (1 where the start cue is given)."""
+        x = batch.inputs.double().cpu()
+        start = (x[..., self.task.n_velocity :] != 0).any(-1)
+        return torch.cat([x, torch.ones_like(x[..., :1])], -1), start.long()
+
+    def observe(self, task: Task, batch: Batch) -> None:
+        """Accumulate the normal equations X'X, X'y of each group (velocity_only)."""
+        x, group = self.features(batch)
+        y = task.moved_to(batch).double().cpu()
+        for g in (0, 1):
+            xg, yg = x[group == g], y[group == g]
+            self.xtx[g] += xg.T @ xg
+            self.xty[g] += xg.T @ yg
+
+    def finish(self) -> None:
+        for g in range(2 if self.fit_targets else 0):
+            scale = self.xtx[g].diagonal().mean()
+            if scale > 0:  # a group never seen (no start cue) keeps weights 0
+                ridge = 1e-9 * scale * torch.eye(len(self.xtx[g]), dtype=torch.float64)
+                self.weights[g] = torch.linalg.solve(self.xtx[g] + ridge, self.xty[g])
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        x, group = self.features(batch)
+        position = torch.where(group[..., None] == 1, x @ self.weights[1], x @ self.weights[0])
+        out = self.task.readout(position.float()).double()
+        if self.task.config.readout != "cartesian":
+            out = out.clamp_min(1e-12).log()
+        return out.to(batch.inputs.device)

@@ -50,6 +50,14 @@ def test_arms_of_a_study_get_the_same_budget_data_and_steps(smoke_plan, study):
         assert torch.equal(a.inputs, b.inputs)
 
 
+def test_every_gate_names_reference_predictors_its_tasks_declare(smoke_plan):
+    for planned in smoke_plan:
+        gate = planned.study.gate
+        if gate is not None:
+            declared = {ref.name for ref in build_run(planned.run)[0].reference_predictors()}
+            assert set(gate.references) <= declared, (planned.label, declared)
+
+
 def test_selection_narrows_every_stage_alike():
     preset, raw = load_preset("smoke")
     lstm = plan(preset, raw, Selection(models=("lstm",)))

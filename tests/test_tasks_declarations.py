@@ -8,6 +8,8 @@ import torch
 from tasks import TASKS, Batch, Task, build_task
 from tasks.base import Curve
 from tasks.linear_track import LinearTrackConfig, LinearTrackTask
+from tasks.path_integration import PositionReadout
+from tasks.reference import CountTable, fit_references
 from tasks.targets import GraphMaps, ProbeTarget, TrackMaps
 
 
@@ -51,6 +53,24 @@ def test_curves_pool_like_metrics(name):
         assert (curve.sums <= curve.counts + 1e-9).all() and curve.counts.sum() > 0
         pooled = curve + curve
         assert torch.equal(pooled.counts, 2 * curve.counts)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_reference_predictors_are_scored_like_a_model(name, monkeypatch):
+    monkeypatch.setattr(CountTable, "fit_targets", 256)  # the shapes, not the estimates
+    monkeypatch.setattr(PositionReadout, "fit_targets", 256)
+    task = small(name)
+    references = fit_references(task, lambda index: torch.Generator().manual_seed(index))
+    assert references
+    for prefix, evaluation in task.evaluation_tasks().items():
+        batch = evaluation.sample(4, torch.Generator().manual_seed(9))
+        shape = (*batch.inputs.shape[:2], task.d_vocab_out)
+        expected = set(evaluation.metrics(torch.zeros(shape), batch))  # a model's metrics
+        for reference in references.values():
+            logits = reference(batch)
+            assert logits.shape == shape, (prefix, name)
+            assert torch.isfinite(evaluation.loss(logits, batch))
+            assert set(evaluation.metrics(logits, batch)) == expected
 
 
 def test_a_task_without_declarations_is_refused(monkeypatch):

@@ -179,3 +179,17 @@ def test_per_model_tuning_changes_only_optimiser_settings():
     preset, _ = load_preset("smoke", ["tune.lstm.lr=0.5"])
     assert preset.train_for("lstm").lr == 0.5
     assert preset.train_for("transformer").lr == preset.train.lr
+
+
+def test_summary_scores_the_reference_predictors_beside_the_network(tmp_path):
+    """Every reference predictor has a value of every final metric; a summary written
+    before they existed is made again from the final checkpoint, without retraining."""
+    run = smoke_run()
+    summary = train(run, tmp_path, progress=False)
+    assert set(summary["references"]) == {"history_free", "clock", "unigram"}
+    for metrics in summary["references"].values():
+        assert set(metrics) == set(summary["final"])
+    checkpoint = (tmp_path / "checkpoint.safetensors").read_bytes()
+    (tmp_path / "summary.json").unlink()  # as the tables' error message asks
+    assert train(run, tmp_path, resume=True, progress=False) == summary
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == checkpoint
