@@ -98,6 +98,12 @@ class Totals:
     tokens: int = 0
     """Tokens trained on so far."""
 
+    def add(self, loss: float, inputs: torch.Tensor) -> None:
+        """Count one training step: its loss and the tokens of its inputs [batch, pos, ...]."""
+        self.loss_sum += loss
+        self.loss_count += 1
+        self.tokens += inputs.shape[0] * inputs.shape[1]
+
 
 TUNABLE = frozenset({"lr", "weight_decay", "warmup_steps", "grad_clip"})
 """TrainConfig fields a study may set per model (``[tune.<model>]``): optimiser settings
@@ -118,6 +124,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    return adamw(groups, config)
+
+
+def adamw(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW:
+    """The lab's AdamW over parameter ``groups`` (each with its weight decay)."""
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
 
 
@@ -204,8 +215,8 @@ def train(
 
 def _train(run, config, task, model, device, out_dir, resume, stop_at, progress) -> dict:
     optimizer = make_optimizer(model, config)
-    start, totals, seconds = _begin(run, out_dir, model, optimizer, resume)
-    if start == config.steps and (summary := _current_summary(out_dir, run)) is not None:
+    start, totals, seconds = begin_run(run, out_dir, model, optimizer, resume)
+    if start == config.steps and (summary := current_summary(out_dir, run)) is not None:
         return summary
     bar = tqdm(
         range(start, config.steps),
@@ -222,36 +233,63 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
                 group["lr"] = learning_rate(step, config)
             loss = task.loss(model(batch.inputs), batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{run['model']} on {run['task']}: loss is {loss.item()} at step {step}; "
-                    f"lower train.lr (now {config.lr}) or check the inputs"
-                )
+                raise non_finite_loss(run, config, loss.item(), step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            totals.loss_sum += loss.item()
-            totals.loss_count += 1
-            totals.tokens += batch.inputs.shape[0] * batch.inputs.shape[1]
+            totals.add(loss.item(), batch.inputs)
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                record = {
-                    "step": done,
-                    "train_loss": totals.loss_sum / totals.loss_count,
-                    "lr": learning_rate(step, config),
-                }
+            record = log_record(
+                done, config, totals, lambda: evaluate(model, task, run["seed"], config, device)
+            )
+            if record is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-                totals.loss_sum, totals.loss_count = 0.0, 0
-                if done % config.eval_every == 0 or done == config.steps:
-                    evaluation = evaluate(model, task, run["seed"], config, device)
-                    record.update({f"eval_{k}": v for k, v in evaluation.items()})
                 log.write(json.dumps(record))
             if done % config.checkpoint_every == 0 or done == config.steps:
-                _record_seconds(out_dir, done, seconds + time.perf_counter() - began)
-                save_checkpoint(out_dir / CHECKPOINT, model, optimizer, done, run, asdict(totals))
+                elapsed = seconds + time.perf_counter() - began
+                save_run(out_dir, done, elapsed, model, optimizer, run, totals)
             if stop_at is not None and done >= stop_at:
                 return {}
-    seconds = _seconds_at(out_dir, config.steps)  # the time of the final checkpoint
+    return finish_run(run, config, task, model, device, out_dir, totals)
+
+
+def non_finite_loss(run: dict, config: TrainConfig, loss: float, step: int) -> FloatingPointError:
+    """The error of a run whose training loss is not finite."""
+    return FloatingPointError(
+        f"{run['model']} on {run['task']}: loss is {loss} at step {step}; "
+        f"lower train.lr (now {config.lr}) or check the inputs"
+    )
+
+
+def log_record(done: int, config: TrainConfig, totals: Totals, evaluation) -> dict | None:
+    """The log line due after ``done`` steps (None if none is): the mean training loss
+    since the last line (whose sums it resets), the learning rate, and where an evaluation
+    is due the ``eval_*`` metrics of ``evaluation()``."""
+    if done % config.log_every and done != config.steps:
+        return None
+    record = {
+        "step": done,
+        "train_loss": totals.loss_sum / totals.loss_count,
+        "lr": learning_rate(done - 1, config),
+    }
+    totals.loss_sum, totals.loss_count = 0.0, 0
+    if done % config.eval_every == 0 or done == config.steps:
+        record.update({f"eval_{k}": v for k, v in evaluation().items()})
+    return record
+
+
+def save_run(out_dir: Path, step: int, seconds: float, model, optimizer, run, totals) -> None:
+    """Checkpoint ``step`` of a run: its training time in ``timing.json``, then the
+    checkpoint (weights, optimizer state, totals)."""
+    record_seconds(out_dir, step, seconds)
+    save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step, run, asdict(totals))
+
+
+def finish_run(run, config, task, model, device, out_dir: Path, totals, **extra) -> dict:
+    """Evaluate the trained model (with curves), write and record ``summary.json`` (with
+    ``extra`` fields) and return it."""
+    seconds = seconds_at(out_dir, config.steps)  # the time of the final checkpoint
     final, curves = evaluate(model, task, run["seed"], config, device, with_curves=True)
     summary = {
         **{k: run[k] for k in ("study", "condition", "model", "task", "seed")},
@@ -263,13 +301,14 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
         "chance_accuracy": task.chance_accuracy,
         "curves": curve_rows(curves),
         "device": str(device),
+        **extra,
     }
     with provenance.rewriting(out_dir, [SUMMARY], _summary_origin(run)):
         write_json(out_dir / SUMMARY, summary)
     return summary
 
 
-def _begin(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Totals, float]:
+def begin_run(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Totals, float]:
     """(step, totals, seconds) training starts from: the checkpoint's, or zero on a fresh
     start, which first clears the directory's artefacts and writes ``config.json``."""
     ckpt = out_dir / CHECKPOINT
@@ -289,14 +328,14 @@ def _begin(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Tot
         )
     info = load_checkpoint(ckpt, model, optimizer, expect_run=run)
     _truncate_metrics(out_dir / METRICS, info.step)
-    return info.step, Totals(**info.totals), _seconds_at(out_dir, info.step)
+    return info.step, Totals(**info.totals), seconds_at(out_dir, info.step)
 
 
 def _summary_origin(run: dict) -> dict:
     return provenance.origin("train", fingerprint(run), run["train"]["steps"])
 
 
-def _current_summary(out_dir: Path, run: dict) -> dict | None:
+def current_summary(out_dir: Path, run: dict) -> dict | None:
     """The run's summary if it was written from its final checkpoint, else None."""
     made_from = _summary_origin(run)
     if provenance.problem(out_dir, SUMMARY, **made_from) or not (out_dir / SUMMARY).is_file():
@@ -304,7 +343,7 @@ def _current_summary(out_dir: Path, run: dict) -> dict | None:
     return read_json(out_dir / SUMMARY, "run summary")
 
 
-def _record_seconds(out_dir: Path, step: int, seconds: float) -> None:
+def record_seconds(out_dir: Path, step: int, seconds: float) -> None:
     """Add the training time at checkpoint ``step`` to ``timing.json`` (kept beside the
     checkpoint, not in it, so that same-seed checkpoints stay byte-identical)."""
     path = out_dir / TIMING
@@ -312,7 +351,7 @@ def _record_seconds(out_dir: Path, step: int, seconds: float) -> None:
     write_json(path, {**timing, str(step): seconds})
 
 
-def _seconds_at(out_dir: Path, step: int) -> float:
+def seconds_at(out_dir: Path, step: int) -> float:
     """Training time at checkpoint ``step`` (0 with a warning if it was not recorded)."""
     path = out_dir / TIMING
     timing = read_json(path, "training times") if path.is_file() else {}

@@ -1,0 +1,144 @@
+"""Seed-batched training against training one run at a time, per architecture, in one
+process (issue: many runs per process).
+
+    .venv/bin/python benchmarks/bench_train.py [--preset small] [--study NAME ...]
+        [--model NAME ...] [--task NAME ...] [--seeds 0 1 2] [--steps 60] [--rounds 3]
+        [--warmup 1] [--threads N] [--set KEY=VALUE ...]
+
+The selected runs of the preset, each with every seed of ``--seeds`` and its training cut
+to ``--steps`` steps (evaluations and checkpoints as the preset sets them, plus the final
+ones), are trained into a fresh directory once per contender and round; rounds are
+interleaved (``harness.interleaved``), so load from other processes hits both alike:
+
+* ``alone``: :func:`models.train.train` on each run, one after another (the baseline);
+* ``batched``: :func:`models.train_seeds.train_seeds` on each group of runs that differ
+  only in their seed.
+
+Printed per architecture and for all runs: median [min, max] seconds per round, the
+aggregate training steps per second, and the speed-up of ``batched`` over ``alone``
+(median of per-round ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from harness import interleaved, print_table  # noqa: E402
+
+from lab.process import prepare_process  # noqa: E402
+from models.train import train  # noqa: E402
+from models.train_seeds import seedless, train_seeds  # noqa: E402
+from studies.plan import Selection, plan  # noqa: E402
+from studies.preset import load_preset  # noqa: E402
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """``runs`` grouped by everything but their seed, in order of first appearance."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(seedless(run), []).append(run)
+    return list(groups.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small", help="configs/<preset>.toml or a path")
+    parser.add_argument("--study", action="append", default=[])
+    parser.add_argument("--model", action="append", default=[])
+    parser.add_argument("--task", action="append", default=[])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    prepare_process()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    preset, raw = load_preset(args.preset, args.set)
+    selection = Selection(tuple(args.study), tuple(args.model), tuple(args.task), ())
+    runs = []
+    for planned in plan(preset, raw, selection):
+        for seed in args.seeds:
+            run = {**planned.run, "seed": seed}
+            run["model_config"] = {**run["model_config"], "seed": seed}
+            run["train"] = {**run["train"], "steps": min(args.steps, run["train"]["steps"])}
+            runs.append(run)
+    rounds = itertools.count()
+
+    def directory(run: dict, root: Path) -> Path:
+        return root / run["study"] / run["condition"] / run["model"] / f"seed{run['seed']}"
+
+    def alone(selected: list[dict]):
+        def contender() -> None:
+            root = scratch / str(next(rounds))
+            for run in selected:
+                train(run, directory(run, root), progress=False)
+            shutil.rmtree(root)
+
+        return contender
+
+    def batched(selected: list[dict]):
+        def contender() -> None:
+            root = scratch / str(next(rounds))
+            for group in seed_groups(selected):
+                results = train_seeds(group, [directory(r, root) for r in group], progress=False)
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if errors:
+                    raise errors[0]
+            shutil.rmtree(root)
+
+        return contender
+
+    architectures = sorted({r["architecture"] for r in runs})
+    print(
+        f"{len(runs)} runs ({len(seed_groups(runs))} groups of seeds {args.seeds}) of preset "
+        f"{args.preset!r}, {args.steps} steps at most; torch threads {torch.get_num_threads()}; "
+        f"load average before: {os.getloadavg()}",
+        flush=True,
+    )
+    try:
+        totals = {"alone": 0.0, "batched": 0.0}
+        for architecture in architectures:
+            selected = [r for r in runs if r["architecture"] == architecture]
+            steps = sum(r["train"]["steps"] for r in selected)
+            contenders = {"alone": alone(selected), "batched": batched(selected)}
+            with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                timings = interleaved(contenders, rounds=args.rounds, warmup=args.warmup)
+            title = f"{architecture}: {len(selected)} runs, {steps} steps"
+            print_table(timings, baseline="alone", work=steps, unit="steps", title=title)
+            for name in totals:
+                totals[name] += timings[name].median
+        steps = sum(r["train"]["steps"] for r in runs)
+        print(
+            f"-- all: {steps} steps; alone {steps / totals['alone']:.1f} steps/s, batched "
+            f"{steps / totals['batched']:.1f} steps/s: {totals['alone'] / totals['batched']:.2f}x "
+            "(sum of the per-architecture medians)"
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
