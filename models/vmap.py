@@ -62,10 +62,13 @@ class _PerMember(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, function, *args):
-        outputs = [
-            function(*(_member(a, d, i) for a, d in zip(args, in_dims[1:], strict=True)))
-            for i in range(info.batch_size)
+        # unbind, not select: select's backward writes each member's gradient into a zero
+        # tensor of the whole stack; unbind's stacks them once
+        members = [
+            [a] * info.batch_size if d is None else a.unbind(d)
+            for a, d in zip(args, in_dims[1:], strict=True)
         ]
+        outputs = [function(*member) for member in zip(*members, strict=True)]
         if isinstance(outputs[0], tuple):
             stacked = tuple(torch.stack(parts) for parts in zip(*outputs, strict=True))
             return stacked, (0,) * len(stacked)
@@ -105,8 +108,3 @@ def _bind(function: Callable, kwargs: dict) -> Callable:
     if tensors:
         raise TypeError(f"{function.__name__}: pass tensors positionally under vmap, not {tensors}")
     return functools.partial(function, **kwargs)
-
-
-def _member(arg, dim: int | None, index: int):
-    """Member ``index`` of a vmapped argument (unbatched arguments are shared)."""
-    return arg if dim is None else arg.select(dim, index)
