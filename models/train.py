@@ -58,6 +58,11 @@ class TrainConfig:
     checkpoint_every: int = 200
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda"."""
+    batch_seeds: bool = True
+    """Train the seeds of a study's condition and arm together as one batched model
+    (:mod:`models.train_seeds`): the same data, and the same results to float rounding.
+    How to run, not what to learn: it is left out of the run config (``models.run``), so
+    a run trained batched or alone has the same config and either can resume the other."""
 
     def __post_init__(self):
         for name in (
