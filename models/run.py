@@ -15,7 +15,6 @@ from models.budget import fit_to_budget
 from models.registry import build_model, model_config
 from tasks import Task, build_task
 
-
 EXECUTION = ("batch_seeds",)
 """Training fields that say how runs are executed, not what they learn: left out of the run
 config (and so of its fingerprint)."""
