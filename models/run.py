@@ -15,9 +15,10 @@ from models.budget import fit_to_budget
 from models.registry import build_model, model_config
 from tasks import Task, build_task
 
-EXECUTION = ("batch_seeds",)
+EXECUTION = ("batch_seeds", "loader_workers")
 """Training fields that say how runs are executed, not what they learn: left out of the run
-config (and so of its fingerprint)."""
+config (and so of its fingerprint), so a run executed one way or another has the same
+config and either way can resume the other."""
 
 
 def resolve_run(

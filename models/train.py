@@ -19,6 +19,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from lab.config import from_dict, require
 from lab.io import LineLog, atomic_write, read_json, read_json_lines, write_json
 from lab.lock import run_lock
 from lab.provenance import differences, fingerprint
-from lab.streams import EVAL, TRAIN, generator, resolve_device
+from lab.streams import EVAL, generator, resolve_device
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.prefetch import training_batches
 from models.registry import count_parameters, to_device
 from models.run import build_run
 from tasks import Curve, Task
@@ -39,7 +41,9 @@ from tasks import Curve, Task
 
 @dataclass
 class TrainConfig:
-    """The training budget; every model of a study gets the same one."""
+    """The training budget; every model of a study gets the same one. ``batch_seeds`` and
+    ``loader_workers`` say how to run, not what to learn: they are left out of the run
+    config (``models.run.EXECUTION``)."""
 
     steps: int = 1000
     """Optimizer steps."""
@@ -60,11 +64,16 @@ class TrainConfig:
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     batch_seeds: bool = True
     """Train the seeds of a study's condition and arm together as one batched model
-    (:mod:`models.train_seeds`): the same data, and the same results to float rounding.
-    How to run, not what to learn: it is left out of the run config (``models.run``), so
-    a run trained batched or alone has the same config and either can resume the other."""
+    (:mod:`models.train_seeds`): the same data, and the same results to float rounding."""
+    loader_workers: int = 0
+    """Processes drawing training batches ahead of the loop (:mod:`models.prefetch`): the
+    same batches, off the loop's critical path where a core is free."""
 
     def __post_init__(self):
+        require(
+            self.loader_workers >= 0,
+            f"train.loader_workers must be a whole number >= 0, got {self.loader_workers}",
+        )
         for name in (
             "steps",
             "batch_size",
@@ -190,6 +199,7 @@ def train(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    loader_workers: int = 0,
 ) -> dict:
     """Train one run into ``out_dir``, holding its lock (:mod:`lab.lock`); return its summary.
 
@@ -197,6 +207,8 @@ def train(
              run returns its summary). Without it an existing checkpoint is an error
              (nothing is overwritten).
     stop_at: stop after this step, as if killed (only checkpoints already due are written).
+    loader_workers: processes that draw the training batches ahead of the loop (0: the
+             loop draws them; the same batches either way, see :mod:`models.prefetch`).
 
     The run config is checked (every training field; the task and model are built) before
     anything is written. A fresh start clears the directory's derived artefacts (see
@@ -210,7 +222,10 @@ def train(
     with run_lock(out_dir, create=True):
         fresh = not (out_dir / CHECKPOINT).exists()
         try:
-            return _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
+            return _train(
+                run, config, task, model, device, out_dir, resume, stop_at, progress,
+                loader_workers,
+            )  # fmt: skip
         except BaseException:
             if fresh and not (out_dir / CHECKPOINT).exists():
                 for name in (CONFIG, METRICS, TIMING):
@@ -218,7 +233,9 @@ def train(
             raise
 
 
-def _train(run, config, task, model, device, out_dir, resume, stop_at, progress) -> dict:
+def _train(
+    run, config, task, model, device, out_dir, resume, stop_at, progress, loader_workers
+) -> dict:
     optimizer = make_optimizer(model, config)
     start, totals, seconds = begin_run(run, out_dir, model, optimizer, resume)
     if start == config.steps and (summary := current_summary(out_dir, run)) is not None:
@@ -230,10 +247,12 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
         desc=f"{run['study']}/{run['condition']}/{run['model']}/seed{run['seed']}",
         disable=not progress,
     )
+    steps = range(start, config.steps)
+    drawn = training_batches(task, [run["seed"]], config.batch_size, steps, loader_workers)
     began = time.perf_counter()
-    with LineLog(out_dir / METRICS) as log:
-        for step in bar:
-            batch = task.sample(config.batch_size, generator(run["seed"], TRAIN, step)).to(device)
+    with LineLog(out_dir / METRICS) as log, closing(drawn):
+        for step, batches in zip(bar, drawn, strict=True):
+            batch = batches[run["seed"]].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
             loss = task.loss(model(batch.inputs), batch)

@@ -33,8 +33,9 @@ from lab.config import from_dict
 from lab.io import LineLog
 from lab.lock import run_lock
 from lab.provenance import canonical
-from lab.streams import EVAL, TRAIN, generator, resolve_device
+from lab.streams import EVAL, generator, resolve_device
 from models.ensemble import Ensemble
+from models.prefetch import training_batches
 from models.registry import to_device
 from models.run import build_run
 from models.train import (
@@ -76,12 +77,13 @@ def train_seeds(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    loader_workers: int = 0,
 ) -> list[Result]:
     """Train ``runs`` (equal but for their seeds) into ``out_dirs`` as one ensemble,
     holding every directory's lock; return each run's result, in order.
 
-    ``resume`` and ``stop_at`` act on each run as in :func:`models.train.train`; runs
-    resumed from different steps train in one ensemble per step they start from.
+    ``resume``, ``stop_at`` and ``loader_workers`` act as in :func:`models.train.train`;
+    runs resumed from different steps train in one ensemble per step they start from.
     """
     out_dirs = [Path(d) for d in out_dirs]
     if len(runs) != len(out_dirs) or not runs:
@@ -102,15 +104,16 @@ def train_seeds(
             stacklevel=2,
         )
         pairs = zip(runs, out_dirs, strict=True)
-        return [_alone(run, d, resume, stop_at, progress) for run, d in pairs]
+        return [_alone(run, d, resume, stop_at, progress, loader_workers) for run, d in pairs]
     with ExitStack() as locks:
         for out_dir in sorted(out_dirs):
             locks.enter_context(run_lock(out_dir, create=True))
         fresh = [not (d / CHECKPOINT).exists() for d in out_dirs]
         try:
             return _train(
-                runs, out_dirs, fresh, config, task, models, device, resume, stop_at, progress
-            )
+                runs, out_dirs, fresh, config, task, models, device, resume, stop_at, progress,
+                loader_workers,
+            )  # fmt: skip
         except BaseException:
             for out_dir, new in zip(out_dirs, fresh, strict=True):
                 _forget(out_dir, new)
@@ -130,9 +133,9 @@ def why_not_batched(task, models: list, device: torch.device) -> str | None:
     return None
 
 
-def _alone(run, out_dir, resume, stop_at, progress) -> Result:
+def _alone(run, out_dir, resume, stop_at, progress, loader_workers) -> Result:
     try:
-        return train(run, out_dir, resume=resume, stop_at=stop_at, progress=progress)
+        return train(run, out_dir, resume, stop_at, progress, loader_workers)
     except FloatingPointError as error:
         return error
 
@@ -145,7 +148,9 @@ def _forget(out_dir: Path, fresh: bool) -> None:
             (out_dir / name).unlink(missing_ok=True)
 
 
-def _train(runs, out_dirs, fresh, config, task, models, device, resume, stop_at, progress):
+def _train(
+    runs, out_dirs, fresh, config, task, models, device, resume, stop_at, progress, loader_workers
+):
     optimizers = [make_optimizer(model, config) for model in models]
     begun = [
         begin_run(run, d, model, opt, resume)
@@ -159,7 +164,7 @@ def _train(runs, out_dirs, fresh, config, task, models, device, resume, stop_at,
     for start in starts:
         members = [i for i, r in enumerate(results) if r is None and begun[i][0] == start]
         trainer = _Batch(runs, out_dirs, fresh, config, task, models, optimizers, begun, device)
-        results = trainer.run(members, start, results, stop_at, progress)
+        results = trainer.run(members, start, results, stop_at, progress, loader_workers)
     return results
 
 
@@ -173,7 +178,7 @@ class _Batch:
         self.totals = [totals for _, totals, _ in begun]
         self.seconds = [seconds for _, _, seconds in begun]
 
-    def run(self, members, start, results, stop_at, progress):
+    def run(self, members, start, results, stop_at, progress, loader_workers):
         config, runs = self.config, self.runs
         self.active = list(members)
         self.ensemble = Ensemble([self.models[i] for i in members])
@@ -188,10 +193,13 @@ class _Batch:
             disable=not progress,
         )
         logs = {i: LineLog(self.out_dirs[i] / METRICS) for i in members}
+        seeds = [runs[i]["seed"] for i in members]
+        steps = range(start, config.steps)
+        drawn = training_batches(self.task, seeds, config.batch_size, steps, loader_workers)
         began = time.perf_counter()
         try:
-            for step in bar:
-                batches, losses = self._losses(step, results, logs)
+            for step, step_batches in zip(bar, drawn, strict=True):
+                batches, losses = self._losses(step, step_batches, results, logs)
                 if not self.active:
                     return results
                 self.optimizer.zero_grad(set_to_none=True)
@@ -207,6 +215,7 @@ class _Batch:
                         results[i] = {}
                     return results
         finally:
+            drawn.close()
             bar.close()
             for log in logs.values():
                 log.__exit__(None, None, None)
@@ -219,18 +228,15 @@ class _Batch:
             )  # fmt: skip
         return results
 
-    def _losses(self, step, results, logs):
-        """Each active member's batch of ``step`` and loss [member]; members whose loss is
-        not finite are stopped (their error in ``results``) and the step is taken again
-        without them."""
+    def _losses(self, step, step_batches, results, logs):
+        """Each active member's batch of ``step`` (from ``step_batches``, by seed) and loss
+        [member]; members whose loss is not finite are stopped (their error in ``results``)
+        and the step is taken again without them."""
         config = self.config
         lr = learning_rate(step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = [
-            self.task.sample(config.batch_size, generator(self.runs[i]["seed"], TRAIN, step))
-            for i in self.active
-        ]
+        batches = [step_batches[self.runs[i]["seed"]] for i in self.active]
         while self.active:
             batches = [b.to(self.device) for b in batches]
             logits = self.ensemble(torch.stack([b.inputs for b in batches]))

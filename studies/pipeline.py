@@ -68,11 +68,12 @@ def train_jobs(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
 def train_job(job: list[PlannedRun], progress: bool = True) -> list[dict | FloatingPointError]:
     """Train (or resume) the runs of one job (see :func:`train_jobs`); return each run's
     summary, or the FloatingPointError that stopped it."""
+    workers = job[0].preset.train.loader_workers
     if len(job) == 1:
         planned = job[0]
-        return [train(planned.run, planned.run_dir, resume=True, progress=progress)]
+        return [train(planned.run, planned.run_dir, True, None, progress, workers)]
     runs, dirs = [p.run for p in job], [p.run_dir for p in job]
-    return train_seeds(runs, dirs, resume=True, progress=progress)
+    return train_seeds(runs, dirs, resume=True, progress=progress, loader_workers=workers)
 
 
 def probe_stage(runs: list[PlannedRun], progress: bool = True) -> None:

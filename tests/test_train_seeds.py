@@ -307,3 +307,15 @@ def test_folded_runs_the_members_as_one_batch():
         [torch.softmax(q[i] @ k[i].transpose(-1, -2) + bias, -1) for i in range(3)]
     )
     torch.testing.assert_close(out, expected)
+
+
+def test_batched_seeds_with_loader_workers_train_bit_for_bit_the_same(tmp_path):
+    runs = seed_runs("mamba", seeds=(0, 1))
+    here = [tmp_path / "here" / str(r["seed"]) for r in runs]
+    ahead = [tmp_path / "ahead" / str(r["seed"]) for r in runs]
+    train_seeds(runs, here, progress=False)
+    train_seeds(runs, ahead, progress=False, loader_workers=2)
+    for a, b in zip(here, ahead, strict=True):
+        ckpt = "checkpoint.safetensors"
+        assert (a / ckpt).read_bytes() == (b / ckpt).read_bytes()
+        assert metrics(a) == metrics(b)
