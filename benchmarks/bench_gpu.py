@@ -2,8 +2,8 @@
 processes sharing the device, per architecture (issue: the GPU does the work).
 
     .venv/bin/python benchmarks/bench_gpu.py --out DIR [--device cuda|cpu] [--preset full]
-        [--study time_cells] [--seeds 5] [--runs-per-gpu 4 8] [--seconds 15] [--startup 60]
-        [--threads 1] [--every 25] [--budget 480]
+        [--study time_cells] [--seeds 5] [--runs-per-gpu 4 8] [--seconds 12] [--startup 60]
+        [--threads 1] [--workers 1] [--every 25] [--budget 480]
 
 Without CUDA it says so and exits 0, unless ``--device cpu``, which runs the same
 measurements on the CPU at the ``smoke`` preset's sizes (to test the script).
@@ -21,11 +21,14 @@ for the GPU's utilisation and memory. Measurements run in order of priority and 
 before ``--budget`` seconds would be exceeded (counting 20 s of start-up for each); each
 is appended to ``DIR/results.jsonl`` as soon as it ends, and a table is printed at the end:
 
+* ``sampling``: how many training batches per second one CPU core draws for the task (the
+  rate at which a process without prefetching could at most train, per seed);
 * ``alone``: one run (the ``--study``'s first condition, each architecture's plain arm);
 * ``batched``: ``--seeds`` seeds of it as one batched model (one process);
-* ``k<k>-alone`` / ``k<k>-batched``: k such processes at once on the device;
-* ``sampling``: how many training batches per second one CPU core draws for the task (the
-  rate at which a process without prefetching could at most train, per seed).
+* ``batched-prefetch``: the same with ``--workers`` loader processes drawing the batches;
+* ``k<k>-alone``: k processes of one run each at once on the device (a sweep's
+  ``runs_per_gpu = k`` today), ``k<k>-batched-prefetch``: k batched processes at once;
+* ``alone-prefetch``: one run with ``--workers`` loader processes.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ def main() -> None:
     parser.add_argument("--model", nargs="+", default=["transformer", "mamba", "lstm"])
     parser.add_argument("--seeds", type=int, default=5, help="seeds batched together")
     parser.add_argument("--runs-per-gpu", type=int, nargs="*", default=[4, 8])
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured, per measurement")
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured, per measurement")
     parser.add_argument("--startup", type=float, default=60.0, help="at most, per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--workers", type=int, default=1, help="loader workers (prefetch)")
     parser.add_argument("--every", type=int, default=25, help="steps between checkpoints")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds in all")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -111,20 +115,21 @@ def run_all(args) -> None:
     _append(results_path, environment)
     print(json.dumps(environment), flush=True)
 
-    plans = []  # (name, architecture, processes, seeds per process), in order of priority
-    for arch in by_arm:
-        plans.append(("alone", arch, 1, 1))
-    for arch in by_arm:
-        plans.append(("batched", arch, 1, args.seeds))
+    # (name, processes, seeds per process, loader workers), in order of priority
+    kinds = [
+        ("alone", 1, 1, 0),
+        ("batched", 1, args.seeds, 0),
+        ("batched-prefetch", 1, args.seeds, args.workers),
+    ]
     for k in args.runs_per_gpu:
-        for arch in by_arm:
-            plans.append((f"k{k}-alone", arch, k, 1))
-            plans.append((f"k{k}-batched", arch, k, args.seeds))
+        kinds += [(f"k{k}-alone", k, 1, 0), (f"k{k}-batched-prefetch", k, args.seeds, args.workers)]
+    kinds.append(("alone-prefetch", 1, 1, args.workers))
+    plans = [(name, arch, *rest) for name, *rest in kinds for arch in by_arm]
 
     results = [sampling_rate(by_arm[next(iter(by_arm))][0], min(args.seconds, 10.0))]
     _append(results_path, results[0])
     print(json.dumps(results[0]), flush=True)
-    for name, arch, processes, seeds in plans:
+    for name, arch, processes, seeds, workers in plans:
         left = args.budget - (time.perf_counter() - began)
         if left < args.seconds + 20:
             skipped = {"kind": "skipped", "name": name, "architecture": arch, "left_s": left}
@@ -133,7 +138,7 @@ def run_all(args) -> None:
         runs = by_arm[arch]
         if len(runs) < seeds:
             raise SystemExit(f"{arch}: the preset has {len(runs)} seeds, --seeds asks {seeds}")
-        result = measure(name, arch, runs[:seeds], processes, args, out / name / arch)
+        result = measure(name, arch, runs[:seeds], processes, workers, args, out / name / arch)
         results.append(result)
         _append(results_path, result)
         print(json.dumps(result), flush=True)
@@ -141,10 +146,10 @@ def run_all(args) -> None:
     print(f"bench_gpu.py took {time.perf_counter() - began:.0f} s; results in {results_path}")
 
 
-def measure(name, arch, runs, processes, args, where: Path) -> dict:
+def measure(name, arch, runs, processes, workers, args, where: Path) -> dict:
     """Start ``processes`` training processes of ``runs`` (one run: alone; several: seeds
-    batched), sample the GPU while they run for ``args.seconds``, kill them, and read
-    their runs' training rates."""
+    batched), each with ``workers`` loader workers, sample the GPU while they run for
+    ``args.seconds``, kill them, and read their runs' training rates."""
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     children = []
@@ -152,7 +157,11 @@ def measure(name, arch, runs, processes, args, where: Path) -> dict:
         spec = where / f"process{index}.json"
         dirs = [str(where / f"process{index}" / f"seed{r['seed']}") for r in runs]
         measured = [_measured(r, args) for r in runs]
-        spec.write_text(json.dumps({"runs": measured, "dirs": dirs, "threads": args.threads}))
+        spec.write_text(
+            json.dumps(
+                {"runs": measured, "dirs": dirs, "threads": args.threads, "workers": workers}
+            )
+        )
         log = open(where / f"process{index}.log", "w")
         child = subprocess.Popen(
             [sys.executable, __file__, "--child", str(spec)],
@@ -197,6 +206,7 @@ def measure(name, arch, runs, processes, args, where: Path) -> dict:
         "architecture": arch,
         "processes": processes,
         "seeds_per_process": len(runs),
+        "loader_workers": workers,
         "seconds": args.seconds,
         "steps_per_second": sum(rates) if rates and not errors else None,
         "per_process": rates,
@@ -290,10 +300,11 @@ def child(spec_path: Path) -> None:
     torch.set_num_threads(spec["threads"])
     prepare_process()
     runs, dirs = spec["runs"], [Path(d) for d in spec["dirs"]]
+    workers = spec["workers"]
     if len(runs) == 1:
-        train(runs[0], dirs[0], progress=False)
+        train(runs[0], dirs[0], progress=False, loader_workers=workers)
     else:
-        for result in train_seeds(runs, dirs, progress=False):
+        for result in train_seeds(runs, dirs, progress=False, loader_workers=workers):
             if isinstance(result, BaseException):
                 raise result
 

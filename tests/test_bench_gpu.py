@@ -21,7 +21,7 @@ def test_without_cuda_it_says_so_and_exits_0():
 
 def test_on_the_cpu_every_measurement_writes_its_result_as_it_goes(tmp_path):
     args = ["--device", "cpu", "--out", str(tmp_path), "--model", "lstm", "--seeds", "2"]
-    args += ["--runs-per-gpu", "2", "--seconds", "6", "--every", "2", "--budget", "120"]
+    args += ["--runs-per-gpu", "2", "--seconds", "3", "--every", "2", "--budget", "300"]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
     )
@@ -29,11 +29,22 @@ def test_on_the_cpu_every_measurement_writes_its_result_as_it_goes(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records[:2]] == ["environment", "sampling"]
     training = {r["name"]: r for r in records if r["kind"] == "training"}
-    assert list(training) == ["alone", "batched", "k2-alone", "k2-batched"]
+    assert list(training) == [
+        "alone",
+        "batched",
+        "batched-prefetch",
+        "k2-alone",
+        "k2-batched-prefetch",
+        "alone-prefetch",
+    ]
     for name, record in training.items():
         assert record["errors"] == [] and record["steps_per_second"] > 0, name
-    assert training["k2-batched"]["processes"] == 2
-    assert training["k2-batched"]["seeds_per_process"] == 2
+    batched = training["k2-batched-prefetch"]
+    assert (batched["processes"], batched["seeds_per_process"], batched["loader_workers"]) == (
+        2,
+        2,
+        1,
+    )
     assert "steps/s" in done.stdout and "results in" in done.stdout
 
 
