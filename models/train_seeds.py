@@ -199,7 +199,7 @@ class _Batch:
         began = time.perf_counter()
         try:
             for step, step_batches in zip(bar, drawn, strict=True):
-                batches, losses = self._losses(step, step_batches, results, logs)
+                batches, losses, values = self._losses(step, step_batches, results, logs)
                 if not self.active:
                     return results
                 self.optimizer.zero_grad(set_to_none=True)
@@ -207,7 +207,7 @@ class _Batch:
                 self.ensemble.clip_grad_norms_(config.grad_clip)
                 self.optimizer.step()
                 done = step + 1
-                self._log(done, losses.tolist(), batches, logs, bar)
+                self._log(done, values, batches, logs, bar)
                 if done % config.checkpoint_every == 0 or done == config.steps:
                     self._save(done, time.perf_counter() - began)
                 if stop_at is not None and done >= stop_at:
@@ -229,9 +229,9 @@ class _Batch:
         return results
 
     def _losses(self, step, step_batches, results, logs):
-        """Each active member's batch of ``step`` (from ``step_batches``, by seed) and loss
-        [member]; members whose loss is not finite are stopped (their error in ``results``)
-        and the step is taken again without them."""
+        """Each active member's batch of ``step`` (from ``step_batches``, by seed), loss
+        [member] and its values; members whose loss is not finite are stopped (their error
+        in ``results``) and the step is taken again without them."""
         config = self.config
         lr = learning_rate(step, config)
         for group in self.optimizer.param_groups:
@@ -244,7 +244,7 @@ class _Batch:
             values = losses.tolist()
             bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
             if not bad:
-                return batches, losses
+                return batches, losses, values
             for j in bad:
                 i = self.active[j]
                 results[i] = non_finite_loss(self.runs[i], config, values[j], step)
@@ -253,7 +253,7 @@ class _Batch:
             keep = [j for j in range(len(self.active)) if j not in bad]
             self._keep(keep)
             batches = [batches[j] for j in keep]
-        return [], None
+        return [], None, []
 
     def _keep(self, keep: list[int]) -> None:
         """Go on with members ``keep`` (positions in the ensemble) only."""
