@@ -1,7 +1,7 @@
 """Training throughput on a GPU: one run alone, seeds batched into one model, and k training
 processes sharing the device, per architecture (issue: the GPU does the work).
 
-    .venv/bin/python benchmarks/bench_gpu.py --out DIR [--device cuda|cpu] [--preset full]
+    .venv/bin/python benchmarks/bench_gpu.py [--out DIR] [--device cuda|cpu] [--preset full]
         [--study time_cells] [--seeds 5] [--runs-per-gpu 4 8] [--seconds 12] [--startup 60]
         [--threads 1] [--workers 1] [--every 25] [--budget 480]
 
@@ -40,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +55,9 @@ LONG = 10**7
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, help="directory for results.jsonl and logs")
+    parser.add_argument(
+        "--out", type=Path, help="directory for results.jsonl and logs (default: a new one)"
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--preset", default=None, help="default: full (cuda), smoke (cpu)")
     parser.add_argument("--study", default="time_cells")
@@ -78,7 +81,7 @@ def main() -> None:
         print("bench_gpu.py needs CUDA (none here); --device cpu runs it on the CPU, small")
         return
     if args.out is None:
-        parser.error("--out DIR is required")
+        args.out = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
     run_all(args)
 
 

@@ -2,8 +2,8 @@
 process (issue: many runs per process).
 
     .venv/bin/python benchmarks/bench_train.py [--preset small] [--study NAME ...]
-        [--model NAME ...] [--task NAME ...] [--seeds 0 1 2] [--steps 60] [--rounds 3]
-        [--warmup 1] [--threads N] [--set KEY=VALUE ...]
+        [--model NAME ...] [--task NAME ...] [--seeds 0 1 2] [--steps 50] [--rounds 2]
+        [--warmup 0] [--threads N] [--set KEY=VALUE ...]
 
 The selected runs of the preset, each with every seed of ``--seeds`` and its training cut
 to ``--steps`` steps (evaluations and checkpoints as the preset sets them, plus the final
@@ -63,9 +63,9 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[])
     parser.add_argument("--task", action="append", default=[])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
+    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds (default 2)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed rounds (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
