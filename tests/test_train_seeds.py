@@ -32,12 +32,15 @@ WEIGHTS = {"atol": 1e-4, "rtol": 1e-4}
 VALUES = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def seed_runs(model: str, task="graph_nav", task_fields=None, seeds=SEEDS, **train_fields):
+def seed_runs(
+    model: str, task="graph_nav", task_fields=None, seeds=SEEDS, model_fields=None, **train_fields
+):
     task_fields = {"width": 3, "height": 3, "n_steps": 8} if task_fields is None else task_fields
+    model_fields = {"d_model": 16, **(model_fields or {})}
     config = vars(TrainConfig(**{**TRAIN_FIELDS, **train_fields}))
     keys = {"experiment": "test", "study": "unit", "condition": "c", "model": model}
     return [
-        resolve_run({**keys, "seed": s}, task, task_fields, model, {"d_model": 16}, None, config)
+        resolve_run({**keys, "seed": s}, task, task_fields, model, model_fields, None, config)
         for s in seeds
     ]
 
@@ -111,6 +114,22 @@ def test_batched_seeds_end_as_the_same_runs_trained_alone(tmp_path, model):
         assert_same_summary(a, b)
         assert_same_run(
             tmp_path / "alone" / str(run["seed"]), tmp_path / "batched" / str(run["seed"]), run
+        )
+
+
+@pytest.mark.parametrize(
+    "scan", ["fast", pytest.param("compiled", marks=pytest.mark.slow)]
+)  # the default (native) is above; "compiled" is the GPU's
+def test_every_mamba_scan_trains_its_seeds_batched(tmp_path, scan):
+    runs = seed_runs("mamba", seeds=(0, 1), model_fields={"scan": scan})
+    alone = [train(r, tmp_path / "alone" / str(r["seed"]), progress=False) for r in runs]
+    batched = train_seeds(runs, [tmp_path / "b" / str(r["seed"]) for r in runs], progress=False)
+    for run, a, b in zip(runs, alone, batched, strict=True):
+        assert b["batch_seeds"] == [0, 1]
+        for key, value in a["final"].items():
+            assert_close(b["final"][key], value, key)
+        assert_same_run(
+            tmp_path / "alone" / str(run["seed"]), tmp_path / "b" / str(run["seed"]), run
         )
 
 
