@@ -230,10 +230,10 @@ def print_estimate(runs: list[PlannedRun], threads_per_run: int, runs_per_gpu: i
     for stage, seconds in projection.stage_seconds.items():
         print(f"  {stage:<8} {_duration(seconds):>10} of work")
     print(
-        f"projected wall time: {_duration(projection.serial)} in one process "
-        f"(paper --serial); {_duration(projection.parallel)} as a sweep with "
-        f"{projection.slots} runs at once ({projection.jobs} training jobs; runs side by "
-        "side assumed not to slow each other); tables and figures not included"
+        f"projected wall time: {_duration(projection.parallel)} as a sweep (make paper) with "
+        f"{projection.slots} runs at once ({projection.jobs} training jobs; runs side by side "
+        f"assumed not to slow each other); {_duration(projection.serial)} in one process "
+        f"(paper --serial) at {threads_per_run} thread(s); tables and figures not included"
     )
     print(f"the estimate took {_duration(time.perf_counter() - began)}")
 

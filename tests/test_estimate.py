@@ -62,7 +62,7 @@ def test_plan_estimate_measures_and_projects(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "training time_cells/intervals/lstm/seed0,1:" in out
     assert "later stages of time_cells/intervals/lstm/seed0: probe" in out
-    assert "projected wall time:" in out and "as a sweep with" in out
+    assert "projected wall time:" in out and "as a sweep (make paper) with" in out
     assert "the estimate took" in out
     assert not any(tmp_path.iterdir())  # measured in a scratch directory
 
