@@ -3,7 +3,7 @@ process (issue: many runs per process).
 
     .venv/bin/python benchmarks/bench_train.py [--preset small] [--study NAME ...]
         [--model NAME ...] [--task NAME ...] [--seeds 0 1 2] [--steps 50] [--rounds 2]
-        [--warmup 0] [--threads N] [--set KEY=VALUE ...]
+        [--warmup 0] [--threads N] [--set KEY=VALUE ...] [--step-only]
 
 The selected runs of the preset, each with every seed of ``--seeds`` and its training cut
 to ``--steps`` steps (evaluations and checkpoints as the preset sets them, plus the final
@@ -17,6 +17,11 @@ interleaved (``harness.interleaved``), so load from other processes hits both al
 Printed per architecture and for all runs: median [min, max] seconds per round, the
 aggregate training steps per second, and the speed-up of ``batched`` over ``alone``
 (median of per-round ratios).
+
+``--step-only`` times the bare training step instead (forward, loss, backward, clipping,
+AdamW) on batches drawn once, of the first run of each architecture with its seeds: each
+seed's model in turn against the seeds' ensemble, ``--rounds`` rounds of ``--steps`` steps:
+what batching does to the step itself, without drawing batches, evaluations or files.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from harness import interleaved, print_table  # noqa: E402
 
 from lab.process import prepare_process  # noqa: E402
-from models.train import train  # noqa: E402
+from lab.streams import TRAIN, generator  # noqa: E402
+from models.ensemble import Ensemble  # noqa: E402
+from models.run import build_run  # noqa: E402
+from models.train import TrainConfig, adamw, make_optimizer, train  # noqa: E402
 from models.train_seeds import seedless, train_seeds  # noqa: E402
 from studies.plan import Selection, plan  # noqa: E402
 from studies.preset import load_preset  # noqa: E402
@@ -54,6 +62,41 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
     for run in runs:
         groups.setdefault(seedless(run), []).append(run)
     return list(groups.values())
+
+
+def bare_steps(group: list[dict], steps: int) -> dict:
+    """Contenders ``alone`` and ``batched``: ``steps`` training steps of each seed of
+    ``group`` on its own model, or of the seeds' ensemble, on batches drawn once."""
+    task = build_run(group[0])[0]
+    config = TrainConfig(**group[0]["train"])
+    batches = [task.sample(config.batch_size, generator(r["seed"], TRAIN, 0)) for r in group]
+    models = [build_run(r)[1] for r in group]
+    optimizers = [make_optimizer(m, config) for m in models]
+    ensemble = Ensemble([build_run(r)[1] for r in group])
+    stacked = adamw(ensemble.parameter_groups(config.weight_decay), config)
+    inputs = torch.stack([b.inputs for b in batches])
+
+    def alone() -> None:
+        for _ in range(steps):
+            for model, optimizer, batch in zip(models, optimizers, batches, strict=True):
+                loss = task.loss(model(batch.inputs), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                loss.item()
+
+    def batched() -> None:
+        for _ in range(steps):
+            logits = ensemble(inputs)
+            losses = torch.stack([task.loss(logits[j], b) for j, b in enumerate(batches)])
+            stacked.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            ensemble.clip_grad_norms_(config.grad_clip)
+            stacked.step()
+            losses.tolist()
+
+    return {"alone": alone, "batched": batched}
 
 
 def main() -> None:
@@ -68,6 +111,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0, help="untimed rounds (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--step-only", action="store_true", help="time the bare step")
     args = parser.parse_args()
 
     prepare_process()
@@ -110,6 +154,15 @@ def main() -> None:
         return contender
 
     architectures = sorted({r["architecture"] for r in runs})
+    if args.step_only:
+        for architecture in architectures:
+            group = seed_groups([r for r in runs if r["architecture"] == architecture])[0]
+            timings = interleaved(bare_steps(group, args.steps), args.rounds, args.warmup)
+            title = f"{group[0]['study']}/{group[0]['model']}, seeds {args.seeds}: bare steps"
+            print_table(
+                timings, baseline="alone", work=args.steps * len(group), unit="steps", title=title
+            )
+        return
     print(
         f"{len(runs)} runs ({len(seed_groups(runs))} groups of seeds {args.seeds}) of preset "
         f"{args.preset!r}, {args.steps} steps at most; torch threads {torch.get_num_threads()}; "
