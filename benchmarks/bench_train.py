@@ -3,7 +3,7 @@ process (issue: many runs per process).
 
     .venv/bin/python benchmarks/bench_train.py [--preset small] [--study NAME ...]
         [--model NAME ...] [--task NAME ...] [--seeds 0 1 2] [--steps 50] [--rounds 2]
-        [--warmup 0] [--threads N] [--set KEY=VALUE ...] [--step-only]
+        [--warmup 0] [--threads N] [--set KEY=VALUE ...] [--loader-workers N] [--step-only]
 
 The selected runs of the preset, each with every seed of ``--seeds`` and its training cut
 to ``--steps`` steps (evaluations and checkpoints as the preset sets them, plus the final
@@ -12,7 +12,9 @@ interleaved (``harness.interleaved``), so load from other processes hits both al
 
 * ``alone``: :func:`models.train.train` on each run, one after another (the baseline);
 * ``batched``: :func:`models.train_seeds.train_seeds` on each group of runs that differ
-  only in their seed.
+  only in their seed;
+* with ``--loader-workers N``, also ``alone-prefetch`` and ``batched-prefetch``: the same
+  with N worker processes drawing the batches (:mod:`models.prefetch`).
 
 Printed per architecture and for all runs: median [min, max] seconds per round, the
 aggregate training steps per second, and the speed-up of ``batched`` over ``alone``
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--step-only", action="store_true", help="time the bare step")
+    parser.add_argument("--loader-workers", type=int, default=0, help="prefetch contenders")
     args = parser.parse_args()
 
     prepare_process()
@@ -132,20 +135,21 @@ def main() -> None:
     def directory(run: dict, root: Path) -> Path:
         return root / run["study"] / run["condition"] / run["model"] / f"seed{run['seed']}"
 
-    def alone(selected: list[dict]):
+    def alone(selected: list[dict], workers: int = 0):
         def contender() -> None:
             root = scratch / str(next(rounds))
             for run in selected:
-                train(run, directory(run, root), progress=False)
+                train(run, directory(run, root), progress=False, loader_workers=workers)
             shutil.rmtree(root)
 
         return contender
 
-    def batched(selected: list[dict]):
+    def batched(selected: list[dict], workers: int = 0):
         def contender() -> None:
             root = scratch / str(next(rounds))
             for group in seed_groups(selected):
-                results = train_seeds(group, [directory(r, root) for r in group], progress=False)
+                dirs = [directory(r, root) for r in group]
+                results = train_seeds(group, dirs, progress=False, loader_workers=workers)
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if errors:
                     raise errors[0]
@@ -175,6 +179,9 @@ def main() -> None:
             selected = [r for r in runs if r["architecture"] == architecture]
             steps = sum(r["train"]["steps"] for r in selected)
             contenders = {"alone": alone(selected), "batched": batched(selected)}
+            if args.loader_workers:
+                contenders["alone-prefetch"] = alone(selected, args.loader_workers)
+                contenders["batched-prefetch"] = batched(selected, args.loader_workers)
             with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")
                 timings = interleaved(contenders, rounds=args.rounds, warmup=args.warmup)
