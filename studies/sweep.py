@@ -7,11 +7,12 @@ grid, executed side by side as Ray tasks; then each point's results tables and f
 Each run is one Ray task that calls the stage functions ``make paper`` uses (train ->
 probe -> census -> analyze -> causal, :mod:`studies.pipeline`) in a worker process with
 ``threads_per_run`` torch threads; its output (stage lines, progress bars, the traceback
-of an error) is appended to ``<run dir>/sweep.log``. Where ``train.batch_seeds`` groups the
-seeds of a condition and arm into one training job (:func:`studies.pipeline.train_jobs`),
-the job is a Ray task of its own (its output in each of its runs' logs), and each of its
-runs' tasks waits for it and runs the stages after training. Ray is started on the spot on this
-machine's cores, or joins the cluster that ``RAY_ADDRESS`` names (see docs/sweeps.md).
+of an error) is appended to ``<run dir>/sweep.log``. Where ``train.batch_seeds`` groups
+the seeds of a condition and arm into one training job
+(:func:`studies.pipeline.train_jobs`), the job is a Ray task of its own (its output in each
+of its runs' logs), and each of its runs' tasks waits for it and runs the stages after
+training. Ray is started on the spot on this machine's cores, or joins the cluster that
+``RAY_ADDRESS`` names (see docs/sweeps.md).
 ``--serial`` runs the same stages in this process instead, stage by stage, and stops at
 the first error (for debugging). Ray is imported only here, by the functions that use it:
 every other command runs without it.
@@ -224,7 +225,7 @@ def run_stages(
     header = f"sweep {sweep_id} attempt"
     earlier = log_path.read_text().count(header) if log_path.exists() else 0
     began = time.perf_counter()
-    stages = list(STAGE_FUNCTIONS.values())[trained is not None :]
+    stages = [f for name, f in STAGE_FUNCTIONS.items() if trained is None or name != "train"]
     with open(log_path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
         print(
             f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {header} {earlier + 1}: {planned.label} "
