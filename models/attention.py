@@ -35,6 +35,8 @@ from transformer_lens.model_bridge.generalized_components.alibi_utils import bui
 from transformer_lens.model_bridge.sources.native import NativeAttention
 from transformer_lens.model_bridge.sources.native.model import NativeRotary
 
+from models.vmap import folded
+
 POSITIONAL = ("learned", "nope", "rope", "alibi", "hard_alibi")
 """Positional schemes; only ``learned`` has a position table."""
 
@@ -170,8 +172,8 @@ class PositionalAttention(NativeAttention):
         if self.positional in _BIASED:
             # 4-D [1, head, query, key]: CPU's flash kernel takes no 3-D float mask
             bias = self.positional_bias(q.shape[-2]).to(q.dtype)[None]
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1 / self.scale)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1 / self.scale)
+            return fused_attention(q, k, v, bias, False, 1 / self.scale)
+        return fused_attention(q, k, v, None, True, 1 / self.scale)
 
     def _explicit(self, q, k, v, scores_hook: HookPoint, pattern_fn) -> torch.Tensor:
         """z [batch, head, pos, d_head] through hooked scores and pattern [batch, head, q, k]."""
@@ -181,3 +183,12 @@ class PositionalAttention(NativeAttention):
         if pattern_fn is not None:
             pattern = pattern_fn(pattern)
         return pattern @ v
+
+
+@folded
+def fused_attention(q, k, v, bias, is_causal: bool, scale: float) -> torch.Tensor:
+    """``scaled_dot_product_attention`` of q, k, v [batch, head, pos, d_head] with an additive
+    ``bias`` (or None) broadcast over the batch. Under vmap (an ensemble of models) the
+    members are folded into the batch: one kernel call, where PyTorch has no batching rule
+    for CPU's flash kernel and would loop over the members."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=is_causal, scale=scale)

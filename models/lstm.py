@@ -23,6 +23,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from models.embedding import InputEmbedding
+from models.vmap import per_member
 
 
 @dataclass
@@ -53,7 +54,7 @@ class LSTMBlock(nn.Module):
             h, c = self._unrolled(x)
             self.hook_cell(c)
         else:
-            h, _ = self.lstm(x)
+            h = fused_lstm(self.lstm, x, *lstm_weights(self.lstm))
         return self.hook_resid_post(h)
 
     def _unrolled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +71,23 @@ class LSTMBlock(nn.Module):
             hs.append(h)
             cs.append(c)
         return torch.stack(hs, 1), torch.stack(cs, 1)
+
+
+def lstm_weights(lstm: nn.LSTM) -> list[torch.Tensor]:
+    """``lstm``'s weights as its kernel takes them (as set now: ``_flat_weights`` is only
+    refreshed inside its forward, so under ``functional_call`` it is stale until then)."""
+    return [getattr(lstm, name) for name in lstm._flat_weights_names]
+
+
+@per_member
+def fused_lstm(lstm: nn.LSTM, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+    """h [batch, pos, d_model] of ``lstm``'s fused kernel with ``weights`` (its own, or
+    under vmap one ensemble member's: ``aten::lstm`` has no batching rule, so each member
+    runs the kernel on its own weights)."""
+    if all(w is own for w, own in zip(weights, lstm_weights(lstm), strict=True)):
+        return lstm(x)[0]
+    named = dict(zip(lstm._flat_weights_names, weights, strict=True))
+    return torch.func.functional_call(lstm, named, (x,))[0]
 
 
 class HookedLSTM(HookedRootModule):

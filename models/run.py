@@ -15,6 +15,11 @@ from models.budget import fit_to_budget
 from models.registry import build_model, model_config
 from tasks import Task, build_task
 
+EXECUTION = ("batch_seeds", "loader_workers")
+"""Training fields that say how runs are executed, not what they learn: left out of the run
+config (and so of its fingerprint), so a run executed one way or another has the same
+config and either way can resume the other."""
+
 
 def resolve_run(
     keys: dict[str, Any],
@@ -28,7 +33,8 @@ def resolve_run(
     """The run config of ``keys`` (experiment, study, condition, model, seed): task
     ``task`` with ``task_fields``, model ``architecture`` with ``model_fields`` (input and
     output sizes set from the task, ``d_model`` fitted to ``param_budget`` within 10%),
-    trained with ``train`` (the fields of :class:`models.train.TrainConfig`)."""
+    trained with ``train`` (the fields of :class:`models.train.TrainConfig`, less
+    :data:`EXECUTION`)."""
     built = build_task(task, task_fields)
     fields = dict(model_fields)
     fields.update(d_vocab=built.d_vocab_in, d_input=built.d_input, d_vocab_out=built.d_vocab_out)
@@ -45,7 +51,7 @@ def resolve_run(
         "architecture": architecture,
         "model_config": dataclasses.asdict(config),
         "param_budget": param_budget,
-        "train": dict(train),
+        "train": {k: v for k, v in train.items() if k not in EXECUTION},
     }
     return json.loads(json.dumps(run))  # exactly what config.json will hold
 

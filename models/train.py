@@ -20,6 +20,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from lab.config import from_dict, require
 from lab.io import LineLog, atomic_write, read_json, read_json_lines, write_json
 from lab.lock import run_lock
 from lab.provenance import differences, fingerprint
-from lab.streams import EVAL, REFERENCE, TRAIN, generator, resolve_device
+from lab.streams import EVAL, REFERENCE, generator, resolve_device
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.prefetch import training_batches
 from models.registry import count_parameters, to_device
 from models.run import build_run
 from tasks import Curve, Task
@@ -41,7 +43,9 @@ from tasks.reference import fit_references
 
 @dataclass
 class TrainConfig:
-    """The training budget; every model of a study gets the same one."""
+    """The training budget; every model of a study gets the same one. ``batch_seeds`` and
+    ``loader_workers`` say how to run, not what to learn: they are left out of the run
+    config (``models.run.EXECUTION``)."""
 
     steps: int = 1000
     """Optimizer steps."""
@@ -60,8 +64,18 @@ class TrainConfig:
     checkpoint_every: int = 200
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda"."""
+    batch_seeds: bool = True
+    """Train the seeds of a study's condition and arm together as one batched model
+    (:mod:`models.train_seeds`): the same data, and the same results to float rounding."""
+    loader_workers: int = 0
+    """Processes drawing training batches ahead of the loop (:mod:`models.prefetch`): the
+    same batches, off the loop's critical path where a core is free."""
 
     def __post_init__(self):
+        require(
+            self.loader_workers >= 0,
+            f"train.loader_workers must be a whole number >= 0, got {self.loader_workers}",
+        )
         for name in (
             "steps",
             "batch_size",
@@ -100,6 +114,12 @@ class Totals:
     tokens: int = 0
     """Tokens trained on so far."""
 
+    def add(self, loss: float, inputs: torch.Tensor) -> None:
+        """Count one training step: its loss and the tokens of its inputs [batch, pos, ...]."""
+        self.loss_sum += loss
+        self.loss_count += 1
+        self.tokens += inputs.shape[0] * inputs.shape[1]
+
 
 TUNABLE = frozenset({"lr", "weight_decay", "warmup_steps", "grad_clip"})
 """TrainConfig fields a study may set per model (``[tune.<model>]``): optimiser settings
@@ -120,6 +140,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    return adamw(groups, config)
+
+
+def adamw(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW:
+    """The lab's AdamW over parameter ``groups`` (each with its weight decay)."""
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
 
 
@@ -195,6 +220,7 @@ def train(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    loader_workers: int = 0,
 ) -> dict:
     """Train one run into ``out_dir``, holding its lock (:mod:`lab.lock`); return its summary.
 
@@ -202,6 +228,8 @@ def train(
              run returns its summary). Without it an existing checkpoint is an error
              (nothing is overwritten).
     stop_at: stop after this step, as if killed (only checkpoints already due are written).
+    loader_workers: processes that draw the training batches ahead of the loop (0: the
+             loop draws them; the same batches either way, see :mod:`models.prefetch`).
 
     The run config is checked (every training field; the task and model are built) before
     anything is written. A fresh start clears the directory's derived artefacts (see
@@ -215,7 +243,10 @@ def train(
     with run_lock(out_dir, create=True):
         fresh = not (out_dir / CHECKPOINT).exists()
         try:
-            return _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
+            return _train(
+                run, config, task, model, device, out_dir, resume, stop_at, progress,
+                loader_workers,
+            )  # fmt: skip
         except BaseException:
             if fresh and not (out_dir / CHECKPOINT).exists():
                 for name in (CONFIG, METRICS, TIMING):
@@ -223,10 +254,12 @@ def train(
             raise
 
 
-def _train(run, config, task, model, device, out_dir, resume, stop_at, progress) -> dict:
+def _train(
+    run, config, task, model, device, out_dir, resume, stop_at, progress, loader_workers
+) -> dict:
     optimizer = make_optimizer(model, config)
-    start, totals, seconds = _begin(run, out_dir, model, optimizer, resume)
-    if start == config.steps and (summary := _current_summary(out_dir, run)) is not None:
+    start, totals, seconds = begin_run(run, out_dir, model, optimizer, resume)
+    if start == config.steps and (summary := current_summary(out_dir, run)) is not None:
         return summary
     bar = tqdm(
         range(start, config.steps),
@@ -235,45 +268,76 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
         desc=f"{run['study']}/{run['condition']}/{run['model']}/seed{run['seed']}",
         disable=not progress,
     )
+    steps = range(start, config.steps)
+    drawn = training_batches(task, [run["seed"]], config.batch_size, steps, loader_workers)
     began = time.perf_counter()
-    with LineLog(out_dir / METRICS) as log:
-        for step in bar:
-            batch = task.sample(config.batch_size, generator(run["seed"], TRAIN, step)).to(device)
+    with LineLog(out_dir / METRICS) as log, closing(drawn):
+        for step, batches in zip(bar, drawn, strict=True):
+            batch = batches[run["seed"]].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
             loss = task.loss(model(batch.inputs), batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{run['model']} on {run['task']}: loss is {loss.item()} at step {step}; "
-                    f"lower train.lr (now {config.lr}) or check the inputs"
-                )
+                raise non_finite_loss(run, config, loss.item(), step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            totals.loss_sum += loss.item()
-            totals.loss_count += 1
-            totals.tokens += batch.inputs.shape[0] * batch.inputs.shape[1]
+            totals.add(loss.item(), batch.inputs)
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                record = {
-                    "step": done,
-                    "train_loss": totals.loss_sum / totals.loss_count,
-                    "lr": learning_rate(step, config),
-                }
+            record = log_record(
+                done, config, totals, lambda: evaluate(model, task, run["seed"], config, device)
+            )
+            if record is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-                totals.loss_sum, totals.loss_count = 0.0, 0
-                if done % config.eval_every == 0 or done == config.steps:
-                    evaluation = evaluate(model, task, run["seed"], config, device)
-                    record.update({f"eval_{k}": v for k, v in evaluation.items()})
                 log.write(json.dumps(record))
             if done % config.checkpoint_every == 0 or done == config.steps:
-                _record_seconds(out_dir, done, seconds + time.perf_counter() - began)
-                save_checkpoint(out_dir / CHECKPOINT, model, optimizer, done, run, asdict(totals))
+                elapsed = seconds + time.perf_counter() - began
+                save_run(out_dir, done, elapsed, model, optimizer, run, totals)
             if stop_at is not None and done >= stop_at:
                 return {}
-    seconds = _seconds_at(out_dir, config.steps)  # the time of the final checkpoint
-    final, curves, references = evaluate(model, task, run["seed"], config, device, with_curves=True)
+    return finish_run(run, config, task, model, device, out_dir, totals)
+
+
+def non_finite_loss(run: dict, config: TrainConfig, loss: float, step: int) -> FloatingPointError:
+    """The error of a run whose training loss is not finite."""
+    return FloatingPointError(
+        f"{run['model']} on {run['task']}: loss is {loss} at step {step}; "
+        f"lower train.lr (now {config.lr}) or check the inputs"
+    )
+
+
+def log_record(done: int, config: TrainConfig, totals: Totals, evaluation) -> dict | None:
+    """The log line due after ``done`` steps (None if none is): the mean training loss
+    since the last line (whose sums it resets), the learning rate, and where an evaluation
+    is due the ``eval_*`` metrics of ``evaluation()``."""
+    if done % config.log_every and done != config.steps:
+        return None
+    record = {
+        "step": done,
+        "train_loss": totals.loss_sum / totals.loss_count,
+        "lr": learning_rate(done - 1, config),
+    }
+    totals.loss_sum, totals.loss_count = 0.0, 0
+    if done % config.eval_every == 0 or done == config.steps:
+        record.update({f"eval_{k}": v for k, v in evaluation().items()})
+    return record
+
+
+def save_run(out_dir: Path, step: int, seconds: float, model, optimizer, run, totals) -> None:
+    """Checkpoint ``step`` of a run: its training time in ``timing.json``, then the
+    checkpoint (weights, optimizer state, totals)."""
+    record_seconds(out_dir, step, seconds)
+    save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step, run, asdict(totals))
+
+
+def finish_run(run, config, task, model, device, out_dir: Path, totals, **extra) -> dict:
+    """Evaluate the trained model (with curves), write and record ``summary.json`` (with
+    ``extra`` fields) and return it."""
+    seconds = seconds_at(out_dir, config.steps)  # the time of the final checkpoint
+    final, curves, references = evaluate(
+        model, task, run["seed"], config, device, with_curves=True
+    )
     summary = {
         **{k: run[k] for k in ("study", "condition", "model", "task", "seed")},
         "n_params": count_parameters(model),
@@ -285,13 +349,14 @@ def _train(run, config, task, model, device, out_dir, resume, stop_at, progress)
         "chance_accuracy": task.chance_accuracy,
         "curves": curve_rows(curves),
         "device": str(device),
+        **extra,
     }
     with provenance.rewriting(out_dir, [SUMMARY], _summary_origin(run)):
         write_json(out_dir / SUMMARY, summary)
     return summary
 
 
-def _begin(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Totals, float]:
+def begin_run(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Totals, float]:
     """(step, totals, seconds) training starts from: the checkpoint's, or zero on a fresh
     start, which first clears the directory's artefacts and writes ``config.json``."""
     ckpt = out_dir / CHECKPOINT
@@ -311,14 +376,14 @@ def _begin(run, out_dir: Path, model, optimizer, resume: bool) -> tuple[int, Tot
         )
     info = load_checkpoint(ckpt, model, optimizer, expect_run=run)
     _truncate_metrics(out_dir / METRICS, info.step)
-    return info.step, Totals(**info.totals), _seconds_at(out_dir, info.step)
+    return info.step, Totals(**info.totals), seconds_at(out_dir, info.step)
 
 
 def _summary_origin(run: dict) -> dict:
     return provenance.origin("train", fingerprint(run), run["train"]["steps"])
 
 
-def _current_summary(out_dir: Path, run: dict) -> dict | None:
+def current_summary(out_dir: Path, run: dict) -> dict | None:
     """The run's summary if it was written from its final checkpoint, else None."""
     made_from = _summary_origin(run)
     if provenance.problem(out_dir, SUMMARY, **made_from) or not (out_dir / SUMMARY).is_file():
@@ -326,7 +391,7 @@ def _current_summary(out_dir: Path, run: dict) -> dict | None:
     return read_json(out_dir / SUMMARY, "run summary")
 
 
-def _record_seconds(out_dir: Path, step: int, seconds: float) -> None:
+def record_seconds(out_dir: Path, step: int, seconds: float) -> None:
     """Add the training time at checkpoint ``step`` to ``timing.json`` (kept beside the
     checkpoint, not in it, so that same-seed checkpoints stay byte-identical)."""
     path = out_dir / TIMING
@@ -334,7 +399,7 @@ def _record_seconds(out_dir: Path, step: int, seconds: float) -> None:
     write_json(path, {**timing, str(step): seconds})
 
 
-def _seconds_at(out_dir: Path, step: int) -> float:
+def seconds_at(out_dir: Path, step: int) -> float:
     """Training time at checkpoint ``step`` (0 with a warning if it was not recorded)."""
     path = out_dir / TIMING
     timing = read_json(path, "training times") if path.is_file() else {}

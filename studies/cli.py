@@ -3,7 +3,8 @@
     python -m studies STAGE [--preset small] [--study NAME ...] [--model NAME ...]
                             [--task NAME ...] [--seed N ...] [--set KEY=VALUE ...]
 
-STAGE is one of ``plan`` (list the runs), ``train``, ``probe``, ``census``, ``analyze``,
+STAGE is one of ``plan`` (list the runs; ``--estimate`` also measures their costs here and
+projects their wall time, :mod:`studies.estimate`), ``train``, ``probe``, ``census``, ``analyze``,
 ``causal``, ``tables``, ``figures`` (tables, then figures), ``report`` (a Markdown results
 section from the tables; ``--readme`` puts it into README.md), or ``sweep`` (every stage, one
 Ray task per run, at every point of the ``--grid`` axes and of the preset's ``[sweep]`` table;
@@ -25,6 +26,7 @@ from analysis.tables import read_tables
 from lab.config import ConfigError
 from lab.process import prepare_process
 from models.checkpoint import CheckpointError
+from studies.estimate import print_estimate
 from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
 from studies.plan import Selection, plan
 from studies.report import report, write_report
@@ -73,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", action="store_true", help="sweep/paper: every stage in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--readme", action="store_true", help="report: also update README.md")
+    p.add_argument(
+        "--estimate", action="store_true", help="plan: measure here and project the wall time"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
 
@@ -88,6 +93,8 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.grid or args.serial:
         raise ConfigError(f"--grid and --serial are options of sweep and paper, not {args.stage}")
+    if args.estimate and args.stage != "plan":
+        raise ConfigError(f"--estimate is an option of plan, not {args.stage}")
     preset, raw = load_base(args.preset, args.set)
     selected = plan(preset, raw, selection)
     if not selected:
@@ -95,6 +102,9 @@ def run(args: argparse.Namespace) -> None:
     if args.stage == "plan":
         for planned in selected:
             print(f"{planned.label:50s} {planned.run_dir}")
+        if args.estimate:
+            sweep_config = load_sweep(args.preset, args.set).config
+            print_estimate(selected, sweep_config.threads_per_run, sweep_config.runs_per_gpu)
         return
     results = preset.experiment_dir() / "results"
     if args.stage == "report":

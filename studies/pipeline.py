@@ -2,8 +2,10 @@
 
     train -> probe -> census -> analyze -> causal -> tables -> figures
 
-``train`` resumes runs that exist and skips finished ones; ``probe`` caches activations on
-held-out environments and decodes the task's targets; ``census`` scores every unit;
+``train`` resumes runs that exist and skips finished ones, and trains the seeds of a
+condition and arm as one batched model (``train.batch_seeds``, :mod:`models.train_seeds`);
+``probe`` caches activations on held-out environments and decodes the task's targets;
+``census`` scores every unit;
 ``analyze`` runs the study's own analyses; ``causal`` ablates the labelled populations and
 steers along probe directions (:mod:`studies.causal`); ``tables`` gathers every finished run of the
 experiment into ``results/*.csv``; ``figures`` draws each study's figure from those tables.
@@ -29,6 +31,7 @@ from lab import provenance
 from lab.io import write_csv
 from lab.lock import run_lock
 from models.train import SUMMARY, train
+from models.train_seeds import seedless, train_seeds
 from probes.run import OUTPUTS as PROBE_OUTPUTS
 from probes.run import probe_run
 from studies.causal import causal_run
@@ -39,12 +42,38 @@ STAGES = ("train", "probe", "census", "analyze", "causal", "tables", "figures")
 
 
 def train_stage(runs: list[PlannedRun], progress: bool = True) -> None:
-    for planned in runs:
-        summary = train(planned.run, planned.run_dir, resume=True, progress=progress)
-        final = ", ".join(
-            f"{k}={v:.3f}" for k, v in summary["final"].items() if isinstance(v, float)
-        )
-        print(f"trained {planned.label}: {summary['n_params']} params, {final}", flush=True)
+    """Train (or resume) every run, the seeds of a condition and arm together where
+    ``train.batch_seeds`` allows; a run whose loss is not finite stops the stage once the
+    runs trained with it are done."""
+    for job in train_jobs(runs):
+        for planned, result in zip(job, train_job(job, progress), strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            final = ", ".join(
+                f"{k}={v:.3f}" for k, v in result["final"].items() if isinstance(v, float)
+            )
+            print(f"trained {planned.label}: {result['n_params']} params, {final}", flush=True)
+
+
+def train_jobs(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """``runs`` as training jobs, in order: the runs that differ only in their seed form
+    one job where their ``train.batch_seeds`` is set, every other run a job of its own."""
+    jobs: dict[str, list[PlannedRun]] = {}
+    for index, planned in enumerate(runs):
+        key = seedless(planned.run) if planned.preset.train.batch_seeds else str(index)
+        jobs.setdefault(key, []).append(planned)
+    return list(jobs.values())
+
+
+def train_job(job: list[PlannedRun], progress: bool = True) -> list[dict | FloatingPointError]:
+    """Train (or resume) the runs of one job (see :func:`train_jobs`); return each run's
+    summary, or the FloatingPointError that stopped it."""
+    workers = job[0].preset.train.loader_workers
+    if len(job) == 1:
+        planned = job[0]
+        return [train(planned.run, planned.run_dir, True, None, progress, workers)]
+    runs, dirs = [p.run for p in job], [p.run_dir for p in job]
+    return train_seeds(runs, dirs, resume=True, progress=progress, loader_workers=workers)
 
 
 def probe_stage(runs: list[PlannedRun], progress: bool = True) -> None:

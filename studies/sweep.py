@@ -7,10 +7,15 @@ grid, executed side by side as Ray tasks; then each point's results tables and f
 Each run is one Ray task that calls the stage functions ``make paper`` uses (train ->
 probe -> census -> analyze -> causal, :mod:`studies.pipeline`) in a worker process with
 ``threads_per_run`` torch threads; its output (stage lines, progress bars, the traceback
-of an error) is appended to ``<run dir>/sweep.log``. Ray is started on the spot on this
-machine's cores, or joins the cluster that ``RAY_ADDRESS`` names (see docs/sweeps.md).
+of an error) is appended to ``<run dir>/sweep.log``. Where ``train.batch_seeds`` groups
+the seeds of a condition and arm into one training job
+(:func:`studies.pipeline.train_jobs`), the job is a Ray task of its own (its output in each
+of its runs' logs), and each of its runs' tasks waits for it and runs the stages after
+training. Ray is started on the spot on this machine's cores, or joins the cluster that
+``RAY_ADDRESS`` names (see docs/sweeps.md).
 ``--serial`` runs the same stages in this process instead, stage by stage, and stops at
-the first error (for debugging).
+the first error (for debugging). Ray is imported only here, by the functions that use it:
+every other command runs without it.
 
 Faults: a run that exists is resumed and a finished one is not trained again
 (:func:`models.train.train`); a worker that dies (kill -9, lost node, out of memory) is
@@ -34,13 +39,12 @@ import os
 import socket
 import time
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import ExitStack, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import ray
 import torch
 from tqdm.auto import tqdm
 
@@ -54,9 +58,12 @@ from lab.config import (
 )
 from lab.io import atomic_write, write_json
 from lab.process import prepare_process
-from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage
+from studies.pipeline import STAGE_FUNCTIONS, figures_stage, tables_stage, train_job, train_jobs
 from studies.plan import PlannedRun, Selection, plan
 from studies.preset import SAFE_NAME, Preset, preset_path
+
+if TYPE_CHECKING:
+    import ray
 
 LOG = "sweep.log"
 """Each run's log file in its run directory (appended to by every attempt)."""
@@ -201,11 +208,16 @@ def point_experiment(base: str, values: dict[str, Any]) -> str:
     return base + "".join(f"_{key}-{value_name(value)}" for key, value in values.items())
 
 
-def run_stages(planned: PlannedRun, threads: int, sweep_id: str) -> dict[str, float | int]:
+def run_stages(
+    planned: PlannedRun, threads: int, sweep_id: str, trained: dict | None = None
+) -> dict[str, float | int]:
     """Every per-run stage (train, probe, census, analyze, causal) of one run in this
     process (a Ray worker) with ``threads`` torch threads, its output appended to
     ``<run dir>/sweep.log``; return
-    ``{"seconds": wall time, "attempt": 1 + earlier attempts of this sweep}``."""
+    ``{"seconds": wall time, "attempt": 1 + earlier attempts of this sweep}``. With
+    ``trained`` (what :func:`train_stages` returned for the run's training job) the run
+    is trained already: the error that stopped its training is raised, or the stages after
+    training run."""
     torch.set_num_threads(threads)
     prepare_process()
     log_path = planned.run_dir / LOG
@@ -213,13 +225,16 @@ def run_stages(planned: PlannedRun, threads: int, sweep_id: str) -> dict[str, fl
     header = f"sweep {sweep_id} attempt"
     earlier = log_path.read_text().count(header) if log_path.exists() else 0
     began = time.perf_counter()
+    stages = [f for name, f in STAGE_FUNCTIONS.items() if trained is None or name != "train"]
     with open(log_path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
         print(
             f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {header} {earlier + 1}: {planned.label} "
             f"on {socket.gethostname()} pid {os.getpid()}, {threads} torch thread(s)"
         )
         try:
-            for stage in STAGE_FUNCTIONS.values():
+            if trained is not None and trained[str(planned.run_dir)] is not None:
+                raise trained[str(planned.run_dir)]
+            for stage in stages:
                 stage([planned], progress=True)
         except Exception:
             traceback.print_exc()
@@ -229,9 +244,58 @@ def run_stages(planned: PlannedRun, threads: int, sweep_id: str) -> dict[str, fl
     return {"seconds": seconds, "attempt": earlier + 1}
 
 
+def train_stages(job: list[PlannedRun], threads: int, sweep_id: str) -> dict[str, Any]:
+    """Train the runs of one training job together in this process (a Ray worker) with
+    ``threads`` torch threads, the output appended to each run's ``sweep.log``; return
+    ``{run dir: None, or the FloatingPointError that stopped the run}``."""
+    torch.set_num_threads(threads)
+    prepare_process()
+    with ExitStack() as stack:
+        logs = []
+        for planned in job:
+            planned.run_dir.mkdir(parents=True, exist_ok=True)
+            logs.append(stack.enter_context(open(planned.run_dir / LOG, "a", buffering=1)))
+        tee = _Tee(logs)
+        stack.enter_context(redirect_stdout(tee))
+        stack.enter_context(redirect_stderr(tee))
+        seeds = ", ".join(str(p.run["seed"]) for p in job)
+        print(
+            f"== {time.strftime('%Y-%m-%d %H:%M:%S')} sweep {sweep_id} batched training of "
+            f"seeds {seeds} on {socket.gethostname()} pid {os.getpid()}, {threads} torch "
+            "thread(s)"
+        )
+        try:
+            results = train_job(job, progress=True)
+        except Exception:
+            traceback.print_exc()
+            raise
+    return {
+        str(p.run_dir): r if isinstance(r, BaseException) else None
+        for p, r in zip(job, results, strict=True)
+    }
+
+
+class _Tee:
+    """A text stream that writes to several files."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def write(self, text: str) -> int:
+        for f in self.files:
+            f.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for f in self.files:
+            f.flush()
+
+
 def connect() -> bool:
     """Join the Ray cluster ``RAY_ADDRESS`` names, else start Ray on this machine (unless
     this process is already connected); return whether this call connected."""
+    import ray
+
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network: Ray reports nothing
@@ -246,34 +310,49 @@ def connect() -> bool:
 def execute(
     runs: list[PlannedRun], config: SweepConfig, sweep_id: str, progress: bool = True
 ) -> list[Outcome]:
-    """Every per-run stage of ``runs`` as Ray tasks (one per run); return their outcomes,
-    in the order of ``runs``. One progress bar over runs: done, running, failed."""
+    """Every per-run stage of ``runs`` as Ray tasks (one per run, and one per training job
+    of several runs); return their outcomes, in the order of ``runs``. One progress bar
+    over runs: done, running, failed."""
+    import ray
+
     connected = connect()
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        remote = ray.remote(run_stages)
-        pending = {}
-        for index, planned in enumerate(runs):
+
+        def options(planned: PlannedRun) -> dict:
             use_gpu = gpus > 0 and planned.run["train"]["device"] != "cpu"
-            options = {
+            return {
                 "num_cpus": config.threads_per_run,
                 "num_gpus": 1 / config.runs_per_gpu if use_gpu else 0,
                 "max_retries": config.max_retries,
                 "retry_exceptions": False,
             }
-            # workers may start elsewhere: the run directory must not depend on their cwd
-            payload = dataclasses.replace(planned, run_dir=planned.run_dir.resolve())
-            ref = remote.options(**options).remote(payload, config.threads_per_run, sweep_id)
-            pending[ref] = index
+
+        stages, training = ray.remote(run_stages), ray.remote(train_stages)
+        index = {id(planned): i for i, planned in enumerate(runs)}
+        pending = {}
+        for job in train_jobs(runs):
+            # workers may start elsewhere: the run directories must not depend on their cwd
+            payload = [dataclasses.replace(p, run_dir=p.run_dir.resolve()) for p in job]
+            trained = None
+            if len(job) > 1:
+                trained = training.options(**options(job[0])).remote(
+                    payload, config.threads_per_run, sweep_id
+                )
+            for planned, sent in zip(job, payload, strict=True):
+                ref = stages.options(**options(planned)).remote(
+                    sent, config.threads_per_run, sweep_id, trained
+                )
+                pending[ref] = index[id(planned)]
         outcomes: list[Outcome | None] = [None] * len(runs)
         failed = 0
         with tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    index = pending.pop(ref)
-                    outcome = outcome_of(ref, runs[index])
-                    outcomes[index] = outcome
+                    i = pending.pop(ref)
+                    outcome = outcome_of(ref, runs[i])
+                    outcomes[i] = outcome
                     if outcome.status == "failed":
                         failed += 1
                         bar.write(f"FAILED {outcome.label}: {outcome.error}")
@@ -288,6 +367,8 @@ def execute(
 def slots(config: SweepConfig) -> int:
     """How many runs the cluster can hold at once (the bar's count of running runs is the
     smaller of this and the runs not yet ended)."""
+    import ray
+
     resources = ray.cluster_resources()
     n = int(resources.get("CPU", 0) // config.threads_per_run)
     if resources.get("GPU", 0):
@@ -296,8 +377,10 @@ def slots(config: SweepConfig) -> int:
 
 
 def outcome_of(ref: ray.ObjectRef, planned: PlannedRun) -> Outcome:
-    """The outcome of one run's task: done, or failed with the error it raised or the
-    reason its worker died ``max_retries + 1`` times."""
+    """The outcome of one run's task: done, or failed with the error it raised (or its
+    training job raised) or the reason its worker died ``max_retries + 1`` times."""
+    import ray
+
     keys = {
         "label": planned.label,
         "experiment": planned.run["experiment"],

@@ -103,6 +103,67 @@ def test_sweep_results_equal_serial_runs_bitwise(tmp_path, local_ray, one_thread
     assert ckpt.stat().st_mtime_ns == before
 
 
+def test_seeds_batched_on_ray_equal_the_serial_sweep_bitwise(tmp_path, local_ray, one_thread):
+    """The seeds of a condition and arm train as one job on Ray as in the serial stage;
+    each run's later stages wait for it."""
+    select = Selection(studies=("copying",), models=("lstm",))
+    spec = tiny(tmp_path / "ray", "seeds=[0, 1]")
+    parallel = sweep(spec, select, progress=False)
+    serial = sweep(tiny(tmp_path / "serial", "seeds=[0, 1]"), select, serial=True, progress=False)
+    assert [o.status for o in parallel] == ["done", "done"]
+    for p, s in zip(parallel, serial, strict=True):
+        ray_dir, serial_dir = Path(p.run_dir), Path(s.run_dir)
+        assert_same_tensors(checkpoint(ray_dir), checkpoint(serial_dir))
+        for run_dir in (ray_dir, serial_dir):
+            assert json.loads((run_dir / "summary.json").read_text())["batch_seeds"] == [0, 1]
+        assert (ray_dir / "census.csv").read_text() == (serial_dir / "census.csv").read_text()
+        log = (ray_dir / LOG).read_text()
+        assert "batched training of seeds 0, 1" in log and "attempt 1:" in log
+
+
+def test_errors_of_a_batched_training_job_are_its_runs_outcomes(tmp_path, local_ray):
+    spec = tiny(tmp_path, "seeds=[0, 1]", "train.lr=1e30")  # every loss overflows at once
+    select = Selection(studies=("copying",), models=("lstm",))
+    outcomes = sweep(spec, select, progress=False)
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    for outcome in outcomes:
+        assert outcome.error.startswith("FloatingPointError: ") and "loss is" in outcome.error
+        log = (Path(outcome.run_dir) / LOG).read_text()
+        assert log.count("batched training") == 1  # not retried
+        assert "FloatingPointError" in log
+
+
+RAY_FREE = """
+import sys
+sys.modules["ray"] = None  # `import ray` raises ImportError
+from studies.cli import main
+common = sys.argv[1:]
+for stage in ("plan", "train", "probe"):
+    main([stage, *common])
+main(["paper", "--serial", *common])
+print("ray-free:", "ray" in sys.modules and sys.modules["ray"] is None)
+"""
+
+
+def test_plan_the_single_stages_and_paper_serial_run_without_ray(tmp_path):
+    import subprocess
+    import sys
+
+    sets = [*TINY, f"out_root={str(tmp_path)!r}"]
+    argv = ["--preset", "smoke", "--study", "time_cells", "--model", "lstm", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_FREE, *argv, "--set", *sets],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ray-free: True" in done.stdout
+    assert "sweep: 1 of 1 runs done" in done.stdout
+    assert (tmp_path / "smoke/time_cells/intervals/lstm/seed0/census.csv").is_file()
+
+
 def worker_pid(log_path):
     if not log_path.is_file():
         return None

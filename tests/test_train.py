@@ -64,6 +64,7 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, model):
 def test_resumed_run_reports_the_time_and_tokens_of_the_whole_run(tmp_path, monkeypatch):
     """A clock that advances one second per training batch: the resumed run reports the
     eight seconds of its eight steps, not the four of its last session."""
+    import models.prefetch
     import models.train
 
     batches = []
@@ -72,7 +73,7 @@ def test_resumed_run_reports_the_time_and_tokens_of_the_whole_run(tmp_path, monk
         batches.extend([index] if stream == TRAIN_STREAM else [])
         return generator(seed, stream, index)
 
-    monkeypatch.setattr(models.train, "generator", counting_generator)
+    monkeypatch.setattr(models.prefetch, "generator", counting_generator)
     monkeypatch.setattr(models.train.time, "perf_counter", lambda: float(len(batches)))
     run = smoke_run()
     straight = train(run, tmp_path / "straight", progress=False)
@@ -193,3 +194,33 @@ def test_summary_scores_the_reference_predictors_beside_the_network(tmp_path):
     (tmp_path / "summary.json").unlink()  # as the tables' error message asks
     assert train(run, tmp_path, resume=True, progress=False) == summary
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == checkpoint
+
+
+def test_batches_drawn_by_worker_processes_are_the_loop_s_own():
+    from models.prefetch import training_batches
+
+    task, _ = build_run(smoke_run())
+    here = list(training_batches(task, [0, 3], 4, range(2, 9)))
+    ahead = list(training_batches(task, [0, 3], 4, range(2, 9), workers=2))
+    assert len(here) == len(ahead) == 7
+    for a, b in zip(here, ahead, strict=True):
+        assert list(a) == list(b) == [0, 3]
+        for seed in a:
+            assert torch.equal(a[seed].inputs, b[seed].inputs)
+            assert torch.equal(a[seed].targets, b[seed].targets)
+            assert a[seed].latents.keys() == b[seed].latents.keys()
+            for key in a[seed].latents:
+                assert torch.equal(a[seed].latents[key], b[seed].latents[key])
+
+
+def test_a_run_trained_with_loader_workers_is_the_same_file_for_file(tmp_path):
+    run = smoke_run()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    train(run, tmp_path / "loop", progress=False)
+    train(run, tmp_path / "workers", stop_at=6, progress=False, loader_workers=2)
+    train(run, tmp_path / "workers", resume=True, progress=False, loader_workers=1)
+    assert torch.equal(torch.get_rng_state(), before)  # workers seeded from their own RNG
+    ckpt = "checkpoint.safetensors"
+    assert (tmp_path / "loop" / ckpt).read_bytes() == (tmp_path / "workers" / ckpt).read_bytes()
+    assert metrics(tmp_path / "loop") == metrics(tmp_path / "workers")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 import torch
 from einops import rearrange
 
+from models.vmap import per_member
+
 
 @contextmanager
 def _one_thread():
@@ -129,6 +131,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
         )
 
 
+@per_member
 def fused_selective_scan(x, dt, A, B, C, signed: bool = False, chunk: int | None = None):
     """y = C . h [batch, L, E] (without the D x skip) from x, dt [batch, L, E], A [E, N],
     B, C [batch, L, N]; same values and gradients as the reference. ``chunk`` time steps at

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from lab.native import build, build_error
+from models.vmap import per_member
 
 SOURCE = Path(__file__).with_name("native.cpp")
 
@@ -95,6 +96,7 @@ class _NativeConvSilu(torch.autograd.Function):
         return grad_x, grad_w_t.t(), grad_bias if ctx.has_bias else None
 
 
+@per_member
 def native_conv_silu(x, weight, bias):
     """silu(causal depthwise conv of x) [batch, L, E] from x [batch, L, E] (channels
     contiguous; rows may be strided), weight [E, K] and bias [E] or None (float32, CPU):
@@ -102,6 +104,7 @@ def native_conv_silu(x, weight, bias):
     return _NativeConvSilu.apply(x, weight, bias)
 
 
+@per_member
 def native_scan(x, dt, A, B, C, D=None, signed: bool = False, with_states: bool = False):
     """y_t = C_t . h_t + D x_t [batch, L, E] from x, dt [batch, L, E], A [E, N],
     B, C [batch, L, N] and D [E] (None: no skip term), float32 on CPU; with

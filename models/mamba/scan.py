@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from models.vmap import per_member
+
 EIGENVALUES = ("positive", "signed")
 
 
@@ -207,6 +209,7 @@ class _SelectiveScan(torch.autograd.Function):
         return grad_x, grad_dt, grad_A.sum(0), grad_B, grad_C, grad_h0, None, None, None, None
 
 
+@per_member
 def selective_scan(
     x, dt, A, B, C, signed: bool = False, chunk: int | None = None,
     kernels: ChunkKernels = EAGER, with_states: bool = False, h0: torch.Tensor | None = None,
