@@ -19,6 +19,7 @@ train one by one, with a warning naming the reason.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -121,13 +122,17 @@ def train_seeds(
 
 
 def why_not_batched(task, models: list, device: torch.device) -> str | None:
-    """Why ``models`` cannot run as one vmapped ensemble on ``device`` (None: they can),
-    found by a forward pass of two of them on a small batch."""
+    """Why ``models`` cannot train as one vmapped ensemble on ``device`` (None: they can),
+    found by a training step (forward and backward) of two of them on a small batch. One
+    model first takes that step alone (on a copy), so that kernels which check themselves on
+    first use (Mamba's scan backends, :mod:`models.mamba.dispatch`, whose trial cannot run
+    inside vmap) have done so before the ensemble runs."""
     probe = task.sample(2, generator(0, EVAL, 0)).to(device)
+    task.loss(copy.deepcopy(models[0])(probe.inputs), probe).backward()
     ensemble = Ensemble(models[:2])
     try:
-        with torch.no_grad():
-            ensemble(torch.stack([probe.inputs] * len(ensemble)))
+        logits = ensemble(torch.stack([probe.inputs] * len(ensemble)))
+        sum(task.loss(member, probe) for member in logits).backward()
     except RuntimeError as error:  # an operation with no batching rule
         return f"{type(error).__name__}: {str(error).splitlines()[0]}"
     return None

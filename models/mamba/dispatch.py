@@ -126,7 +126,7 @@ class ChosenScan:
             if self.name in TRUSTED:
                 return getattr(backend, op)(*tensors, *flags)
             key = (self.name, op, self.call)
-            if _overrides(backend, op) and key not in VERDICTS.tried:
+            if _overrides(backend, op) and key not in VERDICTS.tried and not _vmapped():
                 reason = _trial(backend, op, tensors, flags, self.call.grad)
                 if reason is not None:
                     self._fail(reason)
@@ -138,6 +138,13 @@ class ChosenScan:
                 raise
             except Exception as error:  # a kernel that fails later than its trial
                 self._fail(f"{op} failed: {describe(error)}")
+
+
+def _vmapped() -> bool:
+    """Whether the call runs inside ``torch.func.vmap`` (seed-batched training), where a
+    trial cannot run (it differentiates copies and reads numbers out); the seed-batched
+    trainer takes a step with one member alone first, so the kernels are tried outside it."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def _overrides(backend: ScanBackend, op: str) -> bool:
@@ -155,10 +162,10 @@ def _trial(backend: ScanBackend, op: str, tensors: tuple, flags: tuple, grad: bo
     backend's on the same inputs by more than float rounding."""
     results = []
     for candidate in (backend, BACKENDS["fast"]):
-        copies = [
-            None if t is None else t.detach().clone().requires_grad_(grad and t.requires_grad)
-            for t in tensors
-        ]
+        copies = [None if t is None else t.detach().clone() for t in tensors]
+        for copy, t in zip(copies, tensors, strict=True):
+            if copy is not None and grad and t.requires_grad:
+                copy.requires_grad_()
         stage = "forward"
         try:
             with torch.enable_grad() if grad else nullcontext():

@@ -32,6 +32,8 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
+from models.vmap import per_member
+
 CHUNK = 16
 """Time steps between checkpoints (the backward recomputes this many at a time)."""
 
@@ -272,6 +274,7 @@ class _TritonScan(torch.autograd.Function):
         )  # fmt: skip
 
 
+@per_member
 def triton_scan(
     x, dt, A, B, C, D, signed: bool = False, with_states: bool = False,
     h0: torch.Tensor | None = None, chunk: int = CHUNK, block_e: int | None = None,
